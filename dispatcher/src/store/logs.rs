@@ -1,0 +1,44 @@
+//! The `build_logs` table: append-only, read back whole in insertion order.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgExecutor;
+
+use super::StoreError;
+use crate::model::{BuildId, LogLevel};
+
+/// One stored log line.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LogLine {
+    /// Insertion order (also the SSE event id later on).
+    pub id: i64,
+    /// When it was received.
+    pub ts: DateTime<Utc>,
+    /// `debug`, `info`, `warn` or `error`.
+    pub level: String,
+    /// The text.
+    pub message: String,
+}
+
+/// Appends one line to a build's log.
+pub async fn append(
+    db: impl PgExecutor<'_>,
+    build: &BuildId,
+    level: LogLevel,
+    message: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO build_logs (build_id, level, message) VALUES ($1, $2, $3)")
+        .bind(build.as_str())
+        .bind(level.as_str())
+        .bind(message)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// A build's whole log, oldest first.
+pub async fn list(db: impl PgExecutor<'_>, build: &BuildId) -> Result<Vec<LogLine>, StoreError> {
+    Ok(sqlx::query_as("SELECT id, ts, level, message FROM build_logs WHERE build_id = $1 ORDER BY id")
+        .bind(build.as_str())
+        .fetch_all(db)
+        .await?)
+}
