@@ -1,0 +1,51 @@
+//! The bridge's one error type, mapped to `{"error":"..."}` responses in one place.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// Every way a bridge request can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// 400: the request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: a required credential is missing, unknown or expired.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// 403: the credential is valid but not for this, or the API key is wrong.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// 404: no such resource.
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// 500: a bug or a failed dependency; the cause is logged, the body is opaque.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<dispatcher::store::StoreError> for BridgeError {
+    fn from(e: dispatcher::store::StoreError) -> Self {
+        BridgeError::Internal(e.into())
+    }
+}
+
+impl IntoResponse for BridgeError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            BridgeError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            BridgeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            BridgeError::Forbidden(_) => StatusCode::FORBIDDEN,
+            BridgeError::NotFound(_) => StatusCode::NOT_FOUND,
+            BridgeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = match &self {
+            BridgeError::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "request failed");
+                "Internal server error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        (status, Json(serde_json::json!({ "error": message }))).into_response()
+    }
+}

@@ -1,0 +1,45 @@
+//! `GET /api/stats` and `GET /public/stats`: the landing page's seven numbers.
+//! No auth, CORS reflecting the caller's origin, real numbers only, cached briefly.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::Method;
+use dispatcher::store::stats::{NetworkStats, network_stats as compute};
+use tokio::sync::Mutex;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+
+use crate::{ApiError, ApiState};
+
+/// Per-replica cache of the last computed statistics.
+#[derive(Clone, Default)]
+pub struct StatsCache(Arc<Mutex<Option<(Instant, NetworkStats)>>>);
+
+/// The seven statistics.
+pub async fn network_stats(State(state): State<ApiState>) -> Result<Json<NetworkStats>, ApiError> {
+    let mut cached = state.stats_cache.0.lock().await;
+    if let Some((at, stats)) = *cached
+        && at.elapsed() < state.config.stats_cache
+    {
+        return Ok(Json(stats));
+    }
+    let stats = compute(&state.backend.pool).await?;
+    *cached = Some((Instant::now(), stats));
+    Ok(Json(stats))
+}
+
+/// Preflight requests are answered by the CORS layer; this is only their route.
+pub async fn preflight() -> axum::http::StatusCode {
+    axum::http::StatusCode::NO_CONTENT
+}
+
+/// CORS as the original controller did it: reflect the origin, allow credentials.
+pub fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::mirror_request())
+        .allow_credentials(true)
+        .allow_methods([Method::GET, Method::HEAD, Method::PUT, Method::PATCH, Method::POST, Method::DELETE])
+        .allow_headers(AllowHeaders::mirror_request())
+}
