@@ -1,0 +1,13 @@
+//! The `freeagent` binary's library: command-line definitions, the application
+//! start-up shared by `serve` and the tests, and the benchmark harness.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the command line (clap derive, every setting also an environment variable).
+//! - [`startup`]: [`startup::Application`]: build → `port()` → `run_until_stopped()`.
+//! - [`bench`]: `freeagent bench ...`, numbers printed, not asserted.
+
+pub mod bench;
+pub mod cli;
+pub mod commands;
+pub mod startup;
