@@ -1,0 +1,45 @@
+use freeagent_tests::spawn_app;
+use reqwest::Method;
+
+#[tokio::test]
+async fn worker_stats_use_the_swift_apps_camel_case_fields() {
+    let app = spawn_app().await;
+    app.insert_worker("worker-1", "Studio Mac", "idle").await;
+    sqlx::query("UPDATE workers SET builds_completed = 5, builds_failed = 2, registered_at = now() - interval '3 hours 2 minutes' WHERE id = 'worker-1'")
+        .execute(app.pool())
+        .await
+        .unwrap();
+    let response = app.admin(Method::GET, "/api/workers/worker-1/stats").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["totalBuilds"], 7);
+    assert_eq!(body["successfulBuilds"], 5);
+    assert_eq!(body["failedBuilds"], 2);
+    assert_eq!(body["workerName"], "Studio Mac");
+    assert_eq!(body["status"], "idle");
+    assert_eq!(body["uptime"], "3h 2m");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn worker_stats_need_the_key_and_a_known_worker() {
+    let app = spawn_app().await;
+    app.insert_worker("worker-1", "Mac", "idle").await;
+    let cases = [
+        (app.anon(Method::GET, "/api/workers/worker-1/stats"), 401, "Missing X-API-Key header"),
+        (
+            app.anon(Method::GET, "/api/workers/worker-1/stats").header("X-API-Key", "not-the-key-at-all"),
+            403,
+            "Invalid API key",
+        ),
+        (app.admin(Method::GET, "/api/workers/nobody/stats"), 404, "Worker not found"),
+        (app.admin(Method::GET, "/api/workers/..%2F..%2Fetc%2Fpasswd/stats"), 404, "Worker not found"),
+    ];
+    for (request, status, message) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], message);
+    }
+    app.stop().await;
+}
