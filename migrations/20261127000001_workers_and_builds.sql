@@ -10,6 +10,8 @@ CREATE TABLE workers (
     capabilities           JSONB NOT NULL DEFAULT '{}'::jsonb,
     -- Platforms this worker accepts jobs for, derived from its capabilities.
     platforms              TEXT[] NOT NULL DEFAULT '{}',
+    -- Leases this worker may hold at once (capabilities.maxConcurrentBuilds).
+    max_concurrent         INTEGER NOT NULL DEFAULT 1 CHECK (max_concurrent >= 1),
     -- SHA-256 (hex) of the current worker token; the token itself is never stored.
     token_hash             TEXT UNIQUE,
     -- The token replaced at the last re-registration stays valid until this instant,
@@ -44,6 +46,9 @@ CREATE TABLE builds (
     lease_reply         TEXT,
     lease_delivery      BIGINT,
     lease_expires_at    TIMESTAMPTZ,
+    -- When JetStream's ack deadline was last reset (delivery or +WPI); our deadline
+    -- is always set a little before JetStream's so Postgres decides first.
+    lease_renewed_at    TIMESTAMPTZ,
     -- Job-scoped VM credentials (hashed).
     otp_hash            TEXT,
     otp_expires_at      TIMESTAMPTZ,
@@ -68,4 +73,5 @@ CREATE INDEX builds_status_submitted ON builds (status, submitted_at);
 CREATE INDEX builds_submitted_desc ON builds (submitted_at DESC);
 CREATE INDEX builds_worker ON builds (worker_id) WHERE worker_id IS NOT NULL;
 -- The republisher's work list stays tiny: only pending builds whose publish was not acked.
+CREATE INDEX builds_leased ON builds (lease_expires_at) WHERE status IN ('assigned', 'building');
 CREATE INDEX builds_unpublished ON builds (submitted_at) WHERE status = 'pending' AND queue_seq IS NULL;

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use dispatcher::lease::{LeaseError, Refusal};
 
 /// Every way a bridge request can fail.
 #[derive(Debug, thiserror::Error)]
@@ -19,13 +20,38 @@ pub enum BridgeError {
     /// 404: no such resource.
     #[error("{0}")]
     NotFound(&'static str),
+    /// 409: the lease was lost, or the build was cancelled or already finished.
+    #[error("{0}")]
+    Conflict(&'static str),
+    /// 413: an upload passed its limit.
+    #[error("{0}")]
+    TooLarge(&'static str),
+    /// 422: a stored file cannot be used (a certificate bundle that is not one).
+    #[error("{0}")]
+    Unprocessable(String),
     /// 500: a bug or a failed dependency; the cause is logged, the body is opaque.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
 
+impl From<Refusal> for BridgeError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::NotFound => BridgeError::NotFound(refusal.message()),
+            Refusal::NotAssignee => BridgeError::Forbidden(refusal.message()),
+            Refusal::Cancelled | Refusal::Finished | Refusal::LeaseLost => BridgeError::Conflict(refusal.message()),
+        }
+    }
+}
+
 impl From<dispatcher::store::StoreError> for BridgeError {
     fn from(e: dispatcher::store::StoreError) -> Self {
+        BridgeError::Internal(e.into())
+    }
+}
+
+impl From<LeaseError> for BridgeError {
+    fn from(e: LeaseError) -> Self {
         BridgeError::Internal(e.into())
     }
 }
@@ -37,6 +63,9 @@ impl IntoResponse for BridgeError {
             BridgeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             BridgeError::Forbidden(_) => StatusCode::FORBIDDEN,
             BridgeError::NotFound(_) => StatusCode::NOT_FOUND,
+            BridgeError::Conflict(_) => StatusCode::CONFLICT,
+            BridgeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            BridgeError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             BridgeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = match &self {

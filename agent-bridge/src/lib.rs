@@ -1,26 +1,36 @@
 //! The worker- and VM-facing HTTP service of Free Agent Dispatcher.
 //!
 //! Owns `/api/workers/**` and the worker/VM routes under `/api/builds/{id}/`
-//! (DESIGN.md §2), so a split deployment routes by path. Today it serves the
-//! worker statistics the Swift app shows; the lease protocol builds on this crate.
+//! (DESIGN.md §2), so a split deployment routes by path. Workers register, poll
+//! for jobs (leases on JetStream messages, decided in Postgres), fetch sources and
+//! certificates, stream logs and telemetry, and upload results; the lease rules
+//! live in `dispatcher::lease`, this crate is their HTTP edge.
 //!
 //! # Layout
 //!
 //! - [`config`]: the service's settings.
 //! - `error`: the one error enum and its `{"error":"..."}` response.
-//! - `extract`: credentials as extractors.
-//! - `routes`: one file per group of routes.
+//! - `extract`: credentials (worker token, legacy key + worker id, fleet key).
+//! - `certs`: the certificate-bundle reader behind `certs-secure`.
+//! - `routes`: `workers` (register, poll, unregister, abandon, ...), `upload`,
+//!   `builds` (source, certs, logs, telemetry, heartbeat).
 
+mod certs;
 pub mod config;
 mod error;
 mod extract;
 mod routes;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use async_nats::jetstream::consumer::PullConsumer;
 use axum::Router;
 use dispatcher::Backend;
 use dispatcher::auth::ApiKey;
+use dispatcher::model::Platform;
+use dispatcher::signals::JobSignals;
+use tokio_util::sync::CancellationToken;
 
 pub use crate::config::BridgeConfig;
 pub use crate::error::BridgeError;
@@ -34,12 +44,23 @@ pub struct BridgeState {
     pub api_key: ApiKey,
     /// Settings.
     pub config: Arc<BridgeConfig>,
+    /// The platform consumers (looked up, never configured here).
+    consumers: Arc<HashMap<Platform, PullConsumer>>,
+    /// What this replica knows about waiting jobs.
+    signals: Arc<JobSignals>,
 }
 
 impl BridgeState {
-    /// Builds the state.
-    pub fn new(backend: Backend, api_key: ApiKey, config: BridgeConfig) -> Self {
-        Self { backend, api_key, config: Arc::new(config) }
+    /// Looks up the consumers and starts the job signals (which stop with `shutdown`).
+    pub async fn start(
+        backend: Backend,
+        api_key: ApiKey,
+        config: BridgeConfig,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let consumers = backend.queue.job_consumers().await?;
+        let signals = JobSignals::start(&backend.queue, consumers.clone(), shutdown).await?;
+        Ok(Self { backend, api_key, config: Arc::new(config), consumers: Arc::new(consumers), signals })
     }
 }
 

@@ -42,14 +42,16 @@ impl Application {
         )
         .await?;
 
+        let shutdown = CancellationToken::new();
         let mut router = Router::new();
         if settings.role.serves_api() {
             let config = api::ApiConfig::from(&settings.api);
             router = router.merge(api::router(api::ApiState::new(backend.clone(), api_key.clone(), config)));
         }
         if settings.role.serves_bridge() {
-            let config = agent_bridge::BridgeConfig::from(&settings.bridge);
-            let state = agent_bridge::BridgeState::new(backend.clone(), api_key.clone(), config);
+            let config = agent_bridge::BridgeConfig::new(&settings.bridge, &settings.lease);
+            let state =
+                agent_bridge::BridgeState::start(backend.clone(), api_key.clone(), config, shutdown.clone()).await?;
             router = router.merge(agent_bridge::router(state));
         }
         let router = router.fallback(not_found).method_not_allowed_fallback(method_not_allowed).layer(
@@ -66,7 +68,7 @@ impl Application {
             .parse()
             .with_context(|| format!("HOST/PORT {}:{} is not a socket address", settings.host, settings.port))?;
         let listener = bind(addr, settings.listen_backlog).with_context(|| format!("cannot listen on {addr}"))?;
-        Ok(Self { listener, router, backend, api_key, key_source, settings, shutdown: CancellationToken::new() })
+        Ok(Self { listener, router, backend, api_key, key_source, settings, shutdown })
     }
 
     /// The port the controller listens on (useful with port 0).
@@ -104,6 +106,12 @@ impl Application {
             min_age,
             shutdown.clone(),
         ));
+        let reaper = tokio::spawn(dispatcher::background::run_reaper(
+            self.backend.clone(),
+            dispatcher::lease::LeaseSettings::from(&self.settings.lease),
+            std::time::Duration::from_millis(self.settings.lease.reaper_interval_ms.max(10)),
+            shutdown.clone(),
+        ));
         let signal = {
             let shutdown = shutdown.clone();
             async move {
@@ -119,6 +127,7 @@ impl Application {
         let served = axum::serve(self.listener, self.router).with_graceful_shutdown(signal).await;
         shutdown.cancel();
         background.await.ok();
+        reaper.await.ok();
         served.context("the HTTP server failed")
     }
 }

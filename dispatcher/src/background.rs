@@ -1,5 +1,5 @@
-//! Background loops every replica runs: the republisher of unacknowledged jobs
-//! and the outbox publisher. Each is a "do one step" function (tests call it) and
+//! Background loops every replica runs: the republisher of unacknowledged jobs,
+//! the outbox publisher and the lease reaper. Each is a "do one step" function (tests call it) and
 //! a loop that runs the step until shutdown.
 
 use std::time::Duration;
@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Backend;
 use crate::config::LoopArgs;
 use crate::events::publish_outbox_step;
+use crate::lease::{LeaseSettings, Reaped, reap_step};
 use crate::store::{self, StoreError};
 
 /// Builds republished per step at most.
@@ -22,8 +23,8 @@ pub async fn republish_step(backend: &Backend, min_age: Duration) -> Result<usiz
     let min_age_ms = i64::try_from(min_age.as_millis()).unwrap_or(i64::MAX);
     let due = store::builds::lock_unpublished(&mut *tx, min_age_ms, REPUBLISH_BATCH).await?;
     let mut published = 0;
-    for (id, platform) in &due {
-        match backend.queue.publish_job(id, *platform).await {
+    for (id, platform, attempt) in &due {
+        match backend.queue.publish_job(id, *platform, *attempt).await {
             Ok(seq) => {
                 store::builds::set_queue_seq(&mut *tx, id, seq).await?;
                 tracing::info!(build.id = %id, seq, "republished job");
@@ -37,6 +38,23 @@ pub async fn republish_step(backend: &Backend, min_age: Duration) -> Result<usiz
     }
     tx.commit().await?;
     Ok(published)
+}
+
+/// Runs the reaper every `interval` until `shutdown` fires.
+pub async fn run_reaper(backend: Backend, settings: LeaseSettings, interval: Duration, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match reap_step(&backend, &settings).await {
+            Ok(report) if report != Reaped::default() => tracing::info!(?report, "reaper step"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reaper step failed"),
+        }
+    }
 }
 
 /// Runs the republisher and the outbox publisher until `shutdown` fires.

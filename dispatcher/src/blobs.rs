@@ -31,6 +31,8 @@ pub enum BlobKey {
     Source(BuildId),
     /// The optional signing-certificate bundle of a build.
     Certs(BuildId),
+    /// An upload in progress, before the lease check decides where it belongs.
+    Upload(uuid::Uuid),
     /// The artifact of one lease attempt of a build (a late worker of an earlier
     /// attempt can never overwrite the accepted one).
     Result {
@@ -47,6 +49,7 @@ impl BlobKey {
         match self {
             BlobKey::Source(id) => Path::from(format!("sources/{id}.zip")),
             BlobKey::Certs(id) => Path::from(format!("certs/{id}.zip")),
+            BlobKey::Upload(id) => Path::from(format!("uploads/{id}")),
             BlobKey::Result { build, attempt } => Path::from(format!("results/{build}/{attempt}")),
         }
     }
@@ -173,6 +176,11 @@ impl Blobs {
     /// Copies a blob (retry of a build reuses its source and certificates).
     pub async fn copy(&self, from: &BlobKey, to: &BlobKey) -> anyhow::Result<()> {
         Ok(self.store.copy(&from.path(), &to.path()).await?)
+    }
+
+    /// Moves a blob (an accepted upload to its final key).
+    pub async fn rename(&self, from: &BlobKey, to: &BlobKey) -> anyhow::Result<()> {
+        Ok(self.store.rename(&from.path(), &to.path()).await?)
     }
 
     /// Deletes a blob; a blob that does not exist is not an error.

@@ -79,11 +79,37 @@ pub struct LeaseArgs {
     /// Leases a build may lose before it fails.
     #[arg(long, env = "FREEAGENT_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
+
+    /// Lifetime of a job's one-time code (`otp`), in seconds.
+    #[arg(long, env = "FREEAGENT_OTP_TTL_SECS", default_value_t = 600)]
+    pub otp_ttl_secs: u64,
+
+    /// A worker not seen for this many seconds, holding no lease, is marked offline.
+    #[arg(long, env = "FREEAGENT_WORKER_OFFLINE_SECS", default_value_t = 300)]
+    pub worker_offline_secs: u64,
+
+    /// How long a worker's previous token stays valid after it re-registered, in
+    /// seconds (a worker that lost the register answer is not stranded).
+    #[arg(long, env = "FREEAGENT_WORKER_TOKEN_GRACE_SECS", default_value_t = 600)]
+    pub worker_token_grace_secs: u64,
+
+    /// How often the reaper looks for expired leases, overdue builds and quiet
+    /// workers, in milliseconds.
+    #[arg(long, env = "FREEAGENT_REAPER_INTERVAL_MS", default_value_t = 5000)]
+    pub reaper_interval_ms: u64,
 }
 
 impl Default for LeaseArgs {
     fn default() -> Self {
-        Self { lease_ttl_secs: 120, max_build_secs: 9000, max_attempts: 3 }
+        Self {
+            lease_ttl_secs: 120,
+            max_build_secs: 9000,
+            max_attempts: 3,
+            otp_ttl_secs: 600,
+            worker_offline_secs: 300,
+            worker_token_grace_secs: 600,
+            reaper_interval_ms: 5000,
+        }
     }
 }
 

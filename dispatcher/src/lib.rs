@@ -11,8 +11,10 @@
 //! - [`model`]: identifiers, platforms, build states and their legal transitions (pure).
 //! - [`store`]: every SQL statement, grouped by table.
 //! - [`queue`]: JetStream names, topology, job publishing and lease verbs.
+//! - [`signals`]: in-memory job availability (idle polls cost no round trip; long polls wake).
 //! - [`blobs`]: the object store (sources, certificates, artifacts), streamed.
 //! - [`events`]: CloudEvents built from the transactional outbox.
+//! - [`lease`]: the lease protocol: grant, extend, complete, fail, requeue, reap.
 //! - [`ops`]: submitter use cases (enqueue, cancel, retry).
 //! - [`background`]: loops every replica runs (republisher, outbox publisher).
 //! - [`auth`]: API key, tokens and their hashed storage.
@@ -24,9 +26,11 @@ pub mod blobs;
 pub mod config;
 pub mod db;
 pub mod events;
+pub mod lease;
 pub mod model;
 pub mod ops;
 pub mod queue;
+pub mod signals;
 pub mod store;
 pub mod telemetry;
 

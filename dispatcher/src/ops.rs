@@ -94,14 +94,14 @@ pub async fn enqueue(backend: &Backend, new: NewSubmission<'_>) -> Result<Accept
     }
     tx.commit().await?;
 
-    let published = publish(backend, &new.id, new.platform).await;
+    let published = publish(backend, &new.id, new.platform, 0).await;
     Ok(Accepted { id: new.id, token, submitted_at, published })
 }
 
 /// Publishes a pending build's job and records its sequence. `false` when the
 /// publish was not acknowledged (the republisher tries again).
-pub async fn publish(backend: &Backend, id: &BuildId, platform: Platform) -> bool {
-    match backend.queue.publish_job(id, platform).await {
+pub async fn publish(backend: &Backend, id: &BuildId, platform: Platform, attempt: i32) -> bool {
+    match backend.queue.publish_job(id, platform, attempt).await {
         Ok(seq) => {
             if let Err(e) = store::builds::set_queue_seq(&backend.pool, id, seq).await {
                 tracing::warn!(build.id = %id, error = %e, "job published but its sequence was not recorded");

@@ -226,19 +226,55 @@ impl Queue {
         }
     }
 
+    /// Looks up (never creates or changes) the platform consumers.
+    pub async fn job_consumers(&self) -> anyhow::Result<std::collections::HashMap<Platform, consumer::PullConsumer>> {
+        use anyhow::Context as _;
+        let stream = self.jobs_stream().await?;
+        let mut consumers = std::collections::HashMap::new();
+        for platform in Platform::ALL {
+            let name = self.names.job_consumer(platform);
+            let consumer = stream
+                .get_consumer(&name)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("consumer {name} is missing: run `freeagent migrate`"))?;
+            consumers.insert(platform, consumer);
+        }
+        Ok(consumers)
+    }
+
+    /// Fetches at most one job without waiting for new ones, bounded by the
+    /// request's `expires` and a client-side timeout. `Ok(None)` means "nothing
+    /// right now", never "queue empty".
+    pub async fn fetch_one(consumer: &consumer::PullConsumer) -> anyhow::Result<Option<jetstream::Message>> {
+        use futures::StreamExt;
+        let fetch = async {
+            let mut batch = consumer.fetch().max_messages(1).expires(Duration::from_secs(1)).messages().await?;
+            match batch.next().await {
+                Some(Ok(message)) => Ok::<_, anyhow::Error>(Some(message)),
+                Some(Err(e)) => Err(anyhow::anyhow!("{e}")),
+                None => Ok(None),
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(3), fetch).await {
+            Ok(result) => result,
+            Err(_) => anyhow::bail!("JetStream fetch timed out"),
+        }
+    }
+
     /// The jobs stream.
     pub async fn jobs_stream(&self) -> anyhow::Result<stream::Stream> {
         Ok(self.js.get_stream(self.names.jobs_stream()).await?)
     }
 
-    /// Publishes a job with `Nats-Msg-Id = build id` and waits for the
-    /// acknowledgement. Returns the stream sequence. A duplicate publish inside
-    /// the window returns the sequence of the first one.
-    pub async fn publish_job(&self, build: &BuildId, platform: Platform) -> Result<u64, PublishError> {
+    /// Publishes a build's job and waits for the acknowledgement. Returns the
+    /// stream sequence. The message id is [`job_message_id`]: a duplicate publish of
+    /// the same queueing inside the window returns the sequence of the first one.
+    pub async fn publish_job(&self, build: &BuildId, platform: Platform, attempt: i32) -> Result<u64, PublishError> {
         let body = serde_json::to_vec(&JobMessage { build_id: build.clone(), platform })
             .expect("a job message always serializes");
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", build.as_str());
+        headers.insert("Nats-Msg-Id", job_message_id(build, attempt).as_str());
         self.publish_with_ack(self.names.job_subject(platform), headers, body.into()).await
     }
 
@@ -276,13 +312,40 @@ impl Queue {
         }
     }
 
-    /// Terminates the delivery behind `reply_subject` (any connection may settle a
-    /// lease through its reply subject). Sent only after the commit that decided it.
-    pub async fn term(&self, reply_subject: &str) -> anyhow::Result<()> {
-        self.client.publish(reply_subject.to_owned(), Bytes::from_static(b"+TERM")).await?;
+    /// Acknowledges the delivery behind `reply_subject` (the build reached a terminal
+    /// state; a work-queue stream then deletes the message).
+    pub async fn ack(&self, reply_subject: &str) -> anyhow::Result<()> {
+        self.verb(reply_subject, b"+ACK").await
+    }
+
+    /// Resets JetStream's ack deadline of the delivery behind `reply_subject`.
+    pub async fn in_progress(&self, reply_subject: &str) -> anyhow::Result<()> {
+        self.verb(reply_subject, b"+WPI").await
+    }
+
+    /// Gives a delivery back for immediate redelivery (fetched but not handed out).
+    pub async fn nak(&self, reply_subject: &str) -> anyhow::Result<()> {
+        self.verb(reply_subject, b"-NAK").await
+    }
+
+    async fn verb(&self, reply_subject: &str, verb: &'static [u8]) -> anyhow::Result<()> {
+        self.client.publish(reply_subject.to_owned(), Bytes::from_static(verb)).await?;
         self.client.flush().await?;
         Ok(())
     }
+
+    /// Terminates the delivery behind `reply_subject` (any connection may settle a
+    /// lease through its reply subject). Sent only after the commit that decided it.
+    pub async fn term(&self, reply_subject: &str) -> anyhow::Result<()> {
+        self.verb(reply_subject, b"+TERM").await
+    }
+}
+
+/// `Nats-Msg-Id` of a build's job: the build id when first queued, then
+/// `<id>-a<attempt>` for each requeue after a lost lease, so a requeue is never
+/// swallowed by the duplicate window of an earlier queueing.
+pub fn job_message_id(build: &BuildId, attempt: i32) -> String {
+    if attempt == 0 { build.to_string() } else { format!("{build}-a{attempt}") }
 }
 
 /// The one place the platform consumers' configuration is decided.

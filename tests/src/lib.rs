@@ -336,3 +336,153 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A worker speaking the token protocol (W2 and later) to a controller.
+#[derive(Clone)]
+pub struct WorkerClient {
+    /// Controller base URL.
+    pub url: String,
+    /// The worker's id.
+    pub id: String,
+    /// Its current token.
+    pub token: String,
+    /// The fleet key (register and the legacy routes).
+    pub key: String,
+    /// HTTP client.
+    pub client: reqwest::Client,
+}
+
+impl TestApp {
+    /// Registers a worker for the given platforms and returns a client for it.
+    pub async fn register_worker(&self, name: &str, platforms: &[&str]) -> WorkerClient {
+        let response = self
+            .admin(reqwest::Method::POST, "/api/workers/register")
+            .json(&serde_json::json!({
+                "name": name,
+                "capabilities": { "platforms": platforms, "maxConcurrentBuilds": 1, "xcode_version": "15.0" },
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        WorkerClient {
+            url: self.url.clone(),
+            id: body["id"].as_str().unwrap().to_owned(),
+            token: body["access_token"].as_str().unwrap().to_owned(),
+            key: self.key.clone(),
+            client: self.client.clone(),
+        }
+    }
+}
+
+impl WorkerClient {
+    /// The same worker talking to another replica.
+    pub fn via(&self, url: &str) -> WorkerClient {
+        WorkerClient { url: url.to_owned(), ..self.clone() }
+    }
+
+    /// A request with the worker token.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.url)).header("X-Worker-Token", &self.token)
+    }
+
+    /// Polls once (`wait` seconds of long poll); returns the job, if any.
+    pub async fn poll(&self, wait: f64) -> Option<serde_json::Value> {
+        let response =
+            self.request(reqwest::Method::GET, &format!("/api/workers/poll?wait={wait}")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "poll: {}", response.text().await.unwrap_or_default());
+        let body: serde_json::Value = response.json().await.unwrap();
+        let job = body["job"].clone();
+        (!job.is_null()).then_some(job)
+    }
+
+    /// Posts a heartbeat for a build; returns the status code.
+    pub async fn heartbeat(&self, build: &str) -> u16 {
+        self.request(reqwest::Method::POST, &format!("/api/builds/{build}/heartbeat?worker_id={}", self.id))
+            .json(&serde_json::json!({ "progress": 50 }))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// Uploads a result (success with `artifact`, or failure without); returns the
+    /// status code and body.
+    pub async fn upload(&self, build: &str, artifact: Option<&[u8]>) -> (u16, serde_json::Value) {
+        let mut form = reqwest::multipart::Form::new()
+            .text("build_id", build.to_owned())
+            .text("worker_id", self.id.clone())
+            .text("success", if artifact.is_some() { "true" } else { "false" });
+        match artifact {
+            Some(bytes) => {
+                form = form.part(
+                    "result",
+                    reqwest::multipart::Part::bytes(bytes.to_vec())
+                        .file_name("app.ipa")
+                        .mime_str("application/octet-stream")
+                        .unwrap(),
+                );
+            }
+            None => form = form.text("error_message", "Build failed. See logs for details."),
+        }
+        let response = self.request(reqwest::Method::POST, "/api/workers/upload").multipart(form).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(serde_json::Value::Null))
+    }
+}
+
+impl TestApp {
+    /// Status of a build as stored (not as shown).
+    pub async fn stored_status(&self, build: &str) -> String {
+        sqlx::query_scalar("SELECT status FROM builds WHERE id = $1").bind(build).fetch_one(self.pool()).await.unwrap()
+    }
+
+    /// Owner of a build as stored.
+    pub async fn stored_owner(&self, build: &str) -> Option<String> {
+        sqlx::query_scalar("SELECT worker_id FROM builds WHERE id = $1")
+            .bind(build)
+            .fetch_one(self.pool())
+            .await
+            .unwrap()
+    }
+
+    /// Number of log lines of a build.
+    pub async fn log_count(&self, build: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM build_logs WHERE build_id = $1")
+            .bind(build)
+            .fetch_one(self.pool())
+            .await
+            .unwrap()
+    }
+
+    /// Starts a second controller (another replica) sharing this one's database,
+    /// namespace and blobs.
+    pub async fn another_replica(&self) -> Replica {
+        let mut settings = self.settings.clone();
+        settings.port = 0;
+        settings.api_key = Some(self.key.clone());
+        let app = Application::build(settings).await.expect("the replica starts");
+        let url = format!("http://127.0.0.1:{}", app.port());
+        let shutdown = app.shutdown_token();
+        let server = tokio::spawn(app.run_until_stopped());
+        Replica { url, shutdown, server }
+    }
+}
+
+/// Another replica of a [`TestApp`].
+pub struct Replica {
+    /// Its base URL.
+    pub url: String,
+    shutdown: CancellationToken,
+    server: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Replica {
+    /// Stops it gracefully.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
+    }
+}

@@ -1,14 +1,353 @@
-//! Worker routes: statistics for the Swift app's StatisticsView.
+//! Worker routes: register, poll, unregister, abandon, heartbeat, fail, stats.
+
+use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use chrono::Utc;
-use dispatcher::model::WorkerId;
-use dispatcher::store;
+use dispatcher::auth::{generate_token, hash_token};
+use dispatcher::lease::{self, Delivery, Offer, RequeueIf, Requeued};
+use dispatcher::model::{BuildId, Platform, WorkerId};
+use dispatcher::queue::Queue;
+use dispatcher::store::builds::Build;
+use dispatcher::store::{self, workers::Registration, workers::WorkerIdentity};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::extract::AdminKey;
+use crate::extract::{API_KEY, AdminKey, WORKER_ID, WORKER_TOKEN, check_legacy_key, header, worker_by_token};
 use crate::{BridgeError, BridgeState};
+
+/// The id the worker installer writes when its registration failed; several
+/// machines would share it, so it is never honoured.
+const INSTALLER_PLACEHOLDER_ID: &str = "pending-registration";
+/// Fetches per poll and platform that may be passed over (settled or adopted).
+const FETCHES_PER_PLATFORM: usize = 4;
+
+fn parse_json(body: Result<Json<Value>, JsonRejection>) -> Result<Value, BridgeError> {
+    body.map(|Json(v)| v).map_err(|e| BridgeError::BadRequest(format!("Invalid JSON body: {}", e.body_text())))
+}
+
+/// Platforms a worker declares: `capabilities.platforms` (workers, mock) or
+/// `capabilities.platform` (installer). None known means all.
+fn declared_platforms(capabilities: &Value) -> Vec<Platform> {
+    let mut names: Vec<&str> = Vec::new();
+    if let Some(list) = capabilities.get("platforms").and_then(Value::as_array) {
+        names.extend(list.iter().filter_map(Value::as_str));
+    }
+    if let Some(one) = capabilities.get("platform").and_then(Value::as_str) {
+        names.push(one);
+    }
+    let mut platforms: Vec<Platform> = names.iter().filter_map(|n| n.to_ascii_lowercase().parse().ok()).collect();
+    platforms.sort_by_key(|p| p.as_str());
+    platforms.dedup();
+    if platforms.is_empty() { Platform::ALL.to_vec() } else { platforms }
+}
+
+/// `POST /api/workers/register` (fleet key).
+pub async fn register(
+    State(state): State<BridgeState>,
+    _key: AdminKey,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Value>, BridgeError> {
+    let body = parse_json(body)?;
+    let name = body.get("name").and_then(Value::as_str).map(str::trim).filter(|n| !n.is_empty());
+    let capabilities = body.get("capabilities").filter(|c| c.is_object());
+    let (Some(name), Some(capabilities)) = (name, capabilities) else {
+        return Err(BridgeError::BadRequest("Name and capabilities required".into()));
+    };
+    let name: String = name.chars().take(200).collect();
+    let id = body
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|id| *id != INSTALLER_PLACEHOLDER_ID)
+        .and_then(|id| WorkerId::parse(id).ok())
+        .unwrap_or_else(WorkerId::generate);
+    let platforms = declared_platforms(capabilities);
+    let max_concurrent =
+        capabilities.get("maxConcurrentBuilds").and_then(Value::as_i64).map_or(1, |n| n.clamp(1, 64)) as i32;
+    let token = generate_token();
+    let created = store::workers::register(
+        &state.backend.pool,
+        &Registration {
+            id: &id,
+            name: &name,
+            capabilities,
+            platforms: &platforms,
+            max_concurrent,
+            token_hash: &hash_token(&token),
+            grace_secs: state.config.token_grace_secs,
+        },
+    )
+    .await?;
+    // A worker that restarts without its build gives its leases back at once.
+    let mut requeued = 0;
+    if !created && body.get("active_build_count").and_then(Value::as_i64) == Some(0) {
+        requeued = give_back_leases(&state, &id, "Worker restarted without its build").await?;
+    }
+    let event = if created { "registered" } else { "re_registered" };
+    let data = json!({ "worker_id": id, "name": name, "platforms": platforms, "requeued": requeued });
+    store::outbox::record(&state.backend.pool, "worker", id.as_str(), event, &data).await?;
+    tracing::info!(worker.id = %id, created, "worker registered");
+    Ok(Json(json!({
+        "id": id,
+        "status": if created { "registered" } else { "re-registered" },
+        "baseImageId": state.config.base_image_id,
+        "access_token": token,
+        "message": if created { "Worker registered successfully" } else { "Worker re-registered successfully" },
+    })))
+}
+
+async fn give_back_leases(state: &BridgeState, worker: &WorkerId, reason: &str) -> Result<usize, BridgeError> {
+    let mut count = 0;
+    for build in store::leases::live_leases_of(&state.backend.pool, worker).await? {
+        let outcome =
+            lease::requeue(&state.backend, &state.config.lease, &build, RequeueIf::OwnedBy(worker), reason).await?;
+        if outcome != Requeued::Skipped {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// Query of the poll route.
+#[derive(Debug, Deserialize)]
+pub struct PollQuery {
+    worker_id: Option<String>,
+    wait: Option<String>,
+}
+
+/// `GET /api/workers/poll`: `{job, access_token}`; `?wait=N` long-polls.
+pub async fn poll(
+    State(state): State<BridgeState>,
+    headers: HeaderMap,
+    Query(query): Query<PollQuery>,
+) -> Result<Json<Value>, BridgeError> {
+    let (worker, token) = if let Some(token) = header(&headers, WORKER_TOKEN) {
+        let w = worker_by_token(&state, token).await?;
+        (w.identity, Some(w.token))
+    } else {
+        let Some(key) = header(&headers, API_KEY) else {
+            return Err(BridgeError::Unauthorized(
+                "Authentication required: provide X-Worker-Token or (X-API-Key + worker_id)",
+            ));
+        };
+        check_legacy_key(&state, key)?;
+        let Some(id) = query.worker_id.as_deref().or(header(&headers, WORKER_ID)) else {
+            return Err(BridgeError::BadRequest("worker_id required".into()));
+        };
+        let id = WorkerId::parse(id).map_err(|_| BridgeError::NotFound("Worker not found"))?;
+        let identity = store::workers::find_identity(&state.backend.pool, &id)
+            .await?
+            .ok_or(BridgeError::NotFound("Worker not found"))?;
+        (identity, None)
+    };
+    let wait = match query.wait.as_deref() {
+        None => Duration::ZERO,
+        Some(raw) => match raw.parse::<f64>() {
+            Ok(secs) if secs.is_finite() && secs >= 0.0 => {
+                Duration::from_secs_f64(secs).min(state.config.max_poll_wait)
+            }
+            _ => return Err(BridgeError::BadRequest("wait must be a number of seconds".into())),
+        },
+    };
+    store::workers::touch_seen(&state.backend.pool, &worker.id).await?;
+    let job = find_job(&state, &worker, wait).await?;
+    let mut answer = json!({ "job": job });
+    if let Some(token) = token {
+        answer["access_token"] = json!(token);
+    }
+    Ok(Json(answer))
+}
+
+fn job_json(state: &BridgeState, build: &Build, otp: &str) -> Value {
+    json!({
+        "id": build.id,
+        "platform": build.platform,
+        "source_url": format!("/api/builds/{}/source", build.id),
+        "certs_url": build.has_certs().then(|| format!("/api/builds/{}/certs", build.id)),
+        "baseImageId": state.config.base_image_id,
+        "otp": otp,
+        "submitted_at": build.submitted_at.timestamp_millis(),
+    })
+}
+
+async fn find_job(state: &BridgeState, worker: &WorkerIdentity, wait: Duration) -> Result<Option<Value>, BridgeError> {
+    let live = store::leases::live_leases_of(&state.backend.pool, &worker.id).await?;
+    if live.len() >= usize::try_from(worker.max_concurrent).unwrap_or(1) {
+        // A worker at capacity that polls has restarted: hand it its build again.
+        for id in &live {
+            if let Some((build, otp)) = lease::redeliver(&state.backend, &state.config.lease, worker, id).await? {
+                tracing::info!(build.id = %id, worker.id = %worker.id, "job handed to its owner again");
+                return Ok(Some(job_json(state, &build, &otp)));
+            }
+        }
+        return Ok(None);
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(job) = try_fetch(state, worker).await? {
+            return Ok(Some(job));
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        state.signals.wait(&worker.platforms, deadline - now).await;
+    }
+}
+
+async fn try_fetch(state: &BridgeState, worker: &WorkerIdentity) -> Result<Option<Value>, BridgeError> {
+    for platform in &worker.platforms {
+        let Some(generation) = state.signals.maybe_available(*platform) else { continue };
+        let Some(consumer) = state.consumers.get(platform) else { continue };
+        for _ in 0..FETCHES_PER_PLATFORM {
+            let message = match Queue::fetch_one(consumer).await {
+                Ok(Some(message)) => message,
+                Ok(None) => {
+                    state.signals.fetched_nothing(*platform, generation);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %platform, "fetch failed");
+                    break;
+                }
+            };
+            let more_waiting = message.info().map(|i| i.pending > 0).unwrap_or(false);
+            let Some(delivery) = Delivery::from_message(&message) else { continue };
+            // The offer runs to its end even when the poller goes away meanwhile.
+            let task = {
+                let (backend, settings, worker, delivery) =
+                    (state.backend.clone(), state.config.lease.clone(), worker.clone(), delivery.clone());
+                tokio::spawn(async move { lease::offer(&backend, &settings, &worker, &delivery).await })
+            };
+            match task.await {
+                Ok(Ok(Offer::Granted { build, otp })) => {
+                    if more_waiting {
+                        state.signals.job_seen(*platform);
+                    }
+                    tracing::info!(build.id = %build.id, worker.id = %worker.id, "build assigned");
+                    return Ok(Some(job_json(state, &build, &otp)));
+                }
+                Ok(Ok(Offer::Passed)) => continue,
+                outcome => {
+                    if let Err(e) = state.backend.queue.nak(&delivery.reply).await {
+                        tracing::warn!(error = %e, "could not give a fetched job back");
+                    }
+                    let cause = match outcome {
+                        Ok(Err(e)) => anyhow::Error::from(e),
+                        Err(join) => anyhow::anyhow!("offer task failed: {join}"),
+                        Ok(Ok(_)) => unreachable!("handled above"),
+                    };
+                    return Err(BridgeError::Internal(cause));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// `POST /api/workers/unregister` (worker token): gives back the worker's builds.
+pub async fn unregister(State(state): State<BridgeState>, headers: HeaderMap) -> Result<Json<Value>, BridgeError> {
+    let Some(token) = header(&headers, WORKER_TOKEN) else {
+        return Err(BridgeError::Unauthorized("Missing X-Worker-Token header"));
+    };
+    let worker = worker_by_token(&state, token).await?;
+    unregister_worker(&state, &worker.identity.id).await
+}
+
+/// `POST /api/workers/{id}/unregister` (fleet key), as the oldest workers call it.
+pub async fn unregister_by_id(
+    State(state): State<BridgeState>,
+    _key: AdminKey,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, BridgeError> {
+    let id = WorkerId::parse(&id).map_err(|_| BridgeError::NotFound("Worker not found"))?;
+    store::workers::find_identity(&state.backend.pool, &id).await?.ok_or(BridgeError::NotFound("Worker not found"))?;
+    unregister_worker(&state, &id).await
+}
+
+async fn unregister_worker(state: &BridgeState, id: &WorkerId) -> Result<Json<Value>, BridgeError> {
+    let reassigned = give_back_leases(state, id, "Worker unregistered").await?;
+    store::workers::set_offline(&state.backend.pool, id).await?;
+    let data = json!({ "worker_id": id, "builds_reassigned": reassigned });
+    store::outbox::record(&state.backend.pool, "worker", id.as_str(), "unregistered", &data).await?;
+    tracing::info!(worker.id = %id, reassigned, "worker unregistered");
+    Ok(Json(json!({ "success": true, "message": "Worker unregistered", "builds_reassigned": reassigned })))
+}
+
+/// `POST /api/workers/abandon` (worker token): `{build_id, reason}` requeues the
+/// caller's own build.
+pub async fn abandon(
+    State(state): State<BridgeState>,
+    headers: HeaderMap,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Value>, BridgeError> {
+    let Some(token) = header(&headers, WORKER_TOKEN) else {
+        return Err(BridgeError::Unauthorized("Missing X-Worker-Token header"));
+    };
+    let worker = worker_by_token(&state, token).await?;
+    let body = parse_json(body)?;
+    let (Some(build), Some(reason)) =
+        (body.get("build_id").and_then(Value::as_str), body.get("reason").and_then(Value::as_str))
+    else {
+        return Err(BridgeError::BadRequest("build_id and reason required".into()));
+    };
+    let id = BuildId::parse(build).map_err(|_| BridgeError::NotFound("Build not found"))?;
+    let current =
+        store::builds::get_build(&state.backend.pool, &id).await?.ok_or(BridgeError::NotFound("Build not found"))?;
+    lease::check_owner(&current, &worker.identity.id)?;
+    let reason: String = reason.chars().take(500).collect();
+    let reason = format!("Abandoned by worker {}: {reason}", worker.identity.name);
+    match lease::requeue(&state.backend, &state.config.lease, &id, RequeueIf::OwnedBy(&worker.identity.id), &reason)
+        .await?
+    {
+        Requeued::Queued => Ok(Json(json!({ "success": true, "message": "Build requeued successfully" }))),
+        Requeued::Failed => Ok(Json(json!({ "success": true, "message": "Build failed: no attempts left" }))),
+        Requeued::Skipped => Err(BridgeError::Conflict(lease::Refusal::LeaseLost.message())),
+    }
+}
+
+/// Resolves the worker of a JSON worker route: token, or key + `worker_id`.
+async fn json_worker(state: &BridgeState, headers: &HeaderMap, body: &Value) -> Result<WorkerId, BridgeError> {
+    let claimed = body.get("worker_id").and_then(Value::as_str).or(header(headers, WORKER_ID));
+    crate::extract::build_actor(state, headers, claimed).await.map(|a| a.worker)
+}
+
+/// `POST /api/workers/heartbeat` `{build_id}`: the owner is alive.
+pub async fn heartbeat(
+    State(state): State<BridgeState>,
+    headers: HeaderMap,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Value>, BridgeError> {
+    let body = parse_json(body)?;
+    let worker = json_worker(&state, &headers, &body).await?;
+    let Some(build) = body.get("build_id").and_then(Value::as_str) else {
+        return Err(BridgeError::BadRequest("build_id required".into()));
+    };
+    let id = BuildId::parse(build).map_err(|_| BridgeError::NotFound("Build not found"))?;
+    lease::touch(&state.backend, &state.config.lease, &id, &worker).await??;
+    Ok(Json(json!({ "success": true })))
+}
+
+/// `POST /api/workers/fail` `{build_id, error}`: the owner gives up.
+pub async fn fail(
+    State(state): State<BridgeState>,
+    headers: HeaderMap,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Value>, BridgeError> {
+    let body = parse_json(body)?;
+    let worker = json_worker(&state, &headers, &body).await?;
+    let Some(build) = body.get("build_id").and_then(Value::as_str) else {
+        return Err(BridgeError::BadRequest("build_id required".into()));
+    };
+    let id = BuildId::parse(build).map_err(|_| BridgeError::NotFound("Build not found"))?;
+    let message = body.get("error").and_then(Value::as_str).filter(|m| !m.is_empty()).unwrap_or("Build failed");
+    let message: String = message.chars().take(4000).collect();
+    lease::fail(&state.backend, &id, &worker, &message).await??;
+    Ok(Json(json!({ "success": true, "message": "Build marked as failed" })))
+}
 
 /// `GET /api/workers/{id}/stats`: camelCase fields, uptime since registration.
 pub async fn stats(
@@ -46,7 +385,7 @@ pub fn format_uptime(seconds: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::format_uptime;
+    use super::*;
 
     #[test]
     fn uptime_reads_like_the_original_controller() {
@@ -54,5 +393,13 @@ mod tests {
         assert_eq!(format_uptime(65), "1m 5s");
         assert_eq!(format_uptime(3 * 3600 + 120), "3h 2m");
         assert_eq!(format_uptime(2 * 86_400 + 5 * 3600 + 59), "2d 5h");
+    }
+
+    #[test]
+    fn platforms_come_from_either_capability_spelling() {
+        assert_eq!(declared_platforms(&json!({ "platforms": ["ios"] })), vec![Platform::Ios]);
+        assert_eq!(declared_platforms(&json!({ "platform": "android" })), vec![Platform::Android]);
+        assert_eq!(declared_platforms(&json!({ "platform": "macos" })).len(), 2, "unknown means all");
+        assert_eq!(declared_platforms(&json!({})).len(), 2);
     }
 }

@@ -29,6 +29,10 @@ pub struct Build {
     pub queue_seq: Option<i64>,
     /// Reply subject of the live lease's delivery.
     pub lease_reply: Option<String>,
+    /// Our deadline of the live lease.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// When JetStream's deadline was last reset (delivery or `+WPI`).
+    pub lease_renewed_at: Option<DateTime<Utc>>,
     /// Object path of the accepted artifact.
     pub result_key: Option<String>,
     /// Why the build failed (or "Build cancelled by user").
@@ -66,6 +70,8 @@ struct BuildRow {
     attempt: i32,
     queue_seq: Option<i64>,
     lease_reply: Option<String>,
+    lease_expires_at: Option<DateTime<Utc>>,
+    lease_renewed_at: Option<DateTime<Utc>>,
     result_key: Option<String>,
     error_message: Option<String>,
     retry_of: Option<String>,
@@ -81,7 +87,7 @@ macro_rules! select_builds {
     ($rest:literal) => {
         concat!(
             "SELECT id, platform, status, token_hash, source_bytes, certs_bytes, worker_id, attempt, ",
-            "queue_seq, lease_reply, result_key, error_message, retry_of, submitted_at, assigned_at, ",
+            "queue_seq, lease_reply, lease_expires_at, lease_renewed_at, result_key, error_message, retry_of, submitted_at, assigned_at, ",
             "started_at, completed_at, last_heartbeat_at FROM builds ",
             $rest
         )
@@ -104,6 +110,8 @@ impl TryFrom<BuildRow> for Build {
             attempt: r.attempt,
             queue_seq: r.queue_seq,
             lease_reply: r.lease_reply,
+            lease_expires_at: r.lease_expires_at,
+            lease_renewed_at: r.lease_renewed_at,
             result_key: r.result_key,
             error_message: r.error_message,
             submitted_at: r.submitted_at,
@@ -196,14 +204,15 @@ pub async fn set_queue_seq(db: impl PgExecutor<'_>, id: &BuildId, seq: u64) -> R
 
 /// Pending builds whose publish was never acknowledged and that are older than
 /// `min_age_ms` (so a submission still waiting for its own ack is left alone),
-/// locked with `SKIP LOCKED` so replicas share the work.
+/// locked with `SKIP LOCKED` so replicas share the work. Returns id, platform and
+/// attempt (the job's message id depends on it).
 pub async fn lock_unpublished(
     db: impl PgExecutor<'_>,
     min_age_ms: i64,
     limit: i64,
-) -> Result<Vec<(BuildId, Platform)>, StoreError> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT id, platform FROM builds
+) -> Result<Vec<(BuildId, Platform, i32)>, StoreError> {
+    let rows: Vec<(String, String, i32)> = sqlx::query_as(
+        "SELECT id, platform, attempt FROM builds
          WHERE status = 'pending' AND queue_seq IS NULL
            AND submitted_at < now() - make_interval(secs => $1::double precision / 1000)
          ORDER BY submitted_at
@@ -215,9 +224,13 @@ pub async fn lock_unpublished(
     .fetch_all(db)
     .await?;
     rows.into_iter()
-        .map(|(id, platform)| {
+        .map(|(id, platform, attempt)| {
             let corrupt = || StoreError::Corrupt(format!("build {id}"));
-            Ok((BuildId::try_from(id.clone()).map_err(|_| corrupt())?, platform.parse().map_err(|_| corrupt())?))
+            Ok((
+                BuildId::try_from(id.clone()).map_err(|_| corrupt())?,
+                platform.parse().map_err(|_| corrupt())?,
+                attempt,
+            ))
         })
         .collect()
 }

@@ -42,3 +42,43 @@ pub async fn list(db: impl PgExecutor<'_>, build: &BuildId) -> Result<Vec<LogLin
         .fetch_all(db)
         .await?)
 }
+
+/// Appends several lines to a build's log in one statement, in order.
+pub async fn append_many(
+    db: impl PgExecutor<'_>,
+    build: &BuildId,
+    lines: &[(LogLevel, String)],
+) -> Result<(), StoreError> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let levels: Vec<&str> = lines.iter().map(|(l, _)| l.as_str()).collect();
+    let messages: Vec<&str> = lines.iter().map(|(_, m)| m.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO build_logs (build_id, level, message)
+         SELECT $1, level, message FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS t(level, message, n)
+         ORDER BY n",
+    )
+    .bind(build.as_str())
+    .bind(&levels)
+    .bind(&messages)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Stores one CPU/memory sample of a build's VM.
+pub async fn add_cpu_snapshot(
+    db: impl PgExecutor<'_>,
+    build: &BuildId,
+    cpu_percent: f64,
+    memory_mb: f64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO cpu_snapshots (build_id, cpu_percent, memory_mb) VALUES ($1, $2, $3)")
+        .bind(build.as_str())
+        .bind(cpu_percent)
+        .bind(memory_mb)
+        .execute(db)
+        .await?;
+    Ok(())
+}

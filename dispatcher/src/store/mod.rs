@@ -5,6 +5,7 @@
 
 pub mod builds;
 pub mod diagnostics;
+pub mod leases;
 pub mod logs;
 pub mod outbox;
 pub mod stats;

@@ -8,4 +8,5 @@ mod health;
 mod resilience;
 mod stats;
 mod submit;
+mod worker_protocol;
 mod workers;

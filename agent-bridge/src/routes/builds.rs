@@ -1,0 +1,292 @@
+//! Worker- and VM-side build routes: source, certs, certs-secure, logs,
+//! telemetry, heartbeat. Each authenticates the caller, checks that it holds the
+//! build's lease (in Postgres), and counts as activity that extends the lease.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use dispatcher::blobs::BlobKey;
+use dispatcher::lease;
+use dispatcher::model::{BuildId, LogLevel};
+use dispatcher::store::{self, builds::Build};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::extract::{API_KEY, BUILD_ID, WORKER_ID, WORKER_TOKEN, build_actor, header};
+use crate::{BridgeError, BridgeState};
+
+/// Most log lines accepted in one batch.
+const MAX_BATCH: usize = 1000;
+/// Longest log message kept.
+const MAX_MESSAGE: usize = 16 * 1024;
+
+fn parse_id(raw: &str) -> Result<BuildId, BridgeError> {
+    BuildId::parse(raw).map_err(|_| BridgeError::NotFound("Build not found"))
+}
+
+/// Authenticates a worker-side request on `id`, checks its lease and records the
+/// activity. `require_build_header` enforces the V0 scripts' `X-Build-Id` binding
+/// on the key path.
+async fn owner_activity(
+    state: &BridgeState,
+    headers: &HeaderMap,
+    id: &BuildId,
+    query_worker: Option<&str>,
+    require_build_header: bool,
+) -> Result<Build, BridgeError> {
+    let actor = build_actor(state, headers, query_worker).await?;
+    if actor.by_key && require_build_header {
+        check_build_header(headers, id)?;
+    }
+    Ok(lease::touch(&state.backend, &state.config.lease, id, &actor.worker).await??)
+}
+
+fn check_build_header(headers: &HeaderMap, id: &BuildId) -> Result<(), BridgeError> {
+    match header(headers, BUILD_ID) {
+        None => Err(BridgeError::Unauthorized("Missing X-Build-Id header")),
+        Some(b) if b == id.as_str() => Ok(()),
+        Some(_) => Err(BridgeError::Forbidden("X-Build-Id header does not match build ID in URL")),
+    }
+}
+
+async fn stream_blob(
+    state: &BridgeState,
+    key: &BlobKey,
+    filename: String,
+    missing: &'static str,
+) -> Result<Response, BridgeError> {
+    let Some(reader) = state.backend.blobs.read(key).await? else {
+        return Err(BridgeError::NotFound(missing));
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/zip".to_owned()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")),
+            (header::CONTENT_LENGTH, reader.size.to_string()),
+        ],
+        Body::from_stream(reader.stream),
+    )
+        .into_response())
+}
+
+/// `GET /api/builds/{id}/source`: the zipped project, for the lease owner.
+pub async fn source(
+    State(state): State<BridgeState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, BridgeError> {
+    let id = parse_id(&id)?;
+    owner_activity(&state, &headers, &id, None, false).await?;
+    stream_blob(&state, &BlobKey::Source(id.clone()), format!("{id}.zip"), "Source not found").await
+}
+
+/// `GET /api/builds/{id}/certs`: the certificate bundle as uploaded.
+pub async fn certs(
+    State(state): State<BridgeState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, BridgeError> {
+    let id = parse_id(&id)?;
+    let build = owner_activity(&state, &headers, &id, None, false).await?;
+    if !build.has_certs() {
+        return Err(BridgeError::NotFound("Certs not found"));
+    }
+    stream_blob(&state, &BlobKey::Certs(id.clone()), format!("{id}-certs.zip"), "Certs not found").await
+}
+
+/// `GET /api/builds/{id}/certs-secure`: the bundle unpacked for the build VM.
+pub async fn certs_secure(
+    State(state): State<BridgeState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, BridgeError> {
+    let id = parse_id(&id)?;
+    let build = owner_activity(&state, &headers, &id, None, true).await?;
+    if !build.has_certs() {
+        return Err(BridgeError::NotFound("Certs not found"));
+    }
+    let Some(mut reader) = state.backend.blobs.read(&BlobKey::Certs(id.clone())).await? else {
+        return Err(BridgeError::NotFound("Certs not found"));
+    };
+    // Bounded by the certificate upload limit; the answer carries it whole anyway.
+    let mut zip = Vec::with_capacity(usize::try_from(reader.size).unwrap_or(0));
+    while let Some(chunk) = reader.stream.next().await {
+        zip.extend_from_slice(&chunk.map_err(|e| BridgeError::Internal(e.into()))?);
+    }
+    let limit = state.config.max_certs_unzipped_bytes;
+    let material = tokio::task::spawn_blocking(move || crate::certs::read_bundle(&zip, limit))
+        .await
+        .map_err(|e| BridgeError::Internal(e.into()))?
+        .map_err(|e| BridgeError::Unprocessable(format!("Failed to process certs file: {e}")))?;
+    Ok(Json(serde_json::to_value(material).map_err(|e| BridgeError::Internal(e.into()))?))
+}
+
+fn level_of(value: Option<&Value>) -> Option<LogLevel> {
+    match value.and_then(Value::as_str)? {
+        "info" => Some(LogLevel::Info),
+        "warn" => Some(LogLevel::Warn),
+        "error" => Some(LogLevel::Error),
+        _ => None,
+    }
+}
+
+fn message_of(value: Option<&Value>) -> Option<String> {
+    let message = value?.as_str()?;
+    Some(message.chars().take(MAX_MESSAGE).collect())
+}
+
+/// `POST /api/builds/{id}/logs`: `{level, message}` or `{logs:[...]}`.
+pub async fn logs(
+    State(state): State<BridgeState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Value>, BridgeError> {
+    let id = parse_id(&id)?;
+    owner_activity(&state, &headers, &id, None, false).await?;
+    let Json(body) = body.map_err(|e| BridgeError::BadRequest(format!("Invalid JSON body: {}", e.body_text())))?;
+    let (lines, answer) = if let Some(entries) = body.get("logs").and_then(Value::as_array) {
+        if entries.len() > MAX_BATCH {
+            return Err(BridgeError::BadRequest(format!("At most {MAX_BATCH} log entries per request")));
+        }
+        let lines: Vec<(LogLevel, String)> =
+            entries.iter().filter_map(|e| Some((level_of(e.get("level"))?, message_of(e.get("message"))?))).collect();
+        (lines, json!({ "success": true, "count": entries.len() }))
+    } else if body.get("level").is_some() || body.get("message").is_some() {
+        let Some(level) = level_of(body.get("level")) else {
+            return Err(BridgeError::BadRequest("Invalid log level. Must be: info, warn, or error".into()));
+        };
+        let Some(message) = message_of(body.get("message")) else {
+            return Err(BridgeError::BadRequest("Invalid body. Expected { level, message } or { logs: [...] }".into()));
+        };
+        (vec![(level, message)], json!({ "success": true }))
+    } else {
+        return Err(BridgeError::BadRequest("Invalid body. Expected { level, message } or { logs: [...] }".into()));
+    };
+    store::logs::append_many(&state.backend.pool, &id, &lines).await?;
+    publish_live(&state, &id, &lines).await;
+    Ok(Json(answer))
+}
+
+/// Publishes accepted log lines on `<namespace>.logs.<build>` (best effort: the
+/// stored log is the record).
+async fn publish_live(state: &BridgeState, id: &BuildId, lines: &[(LogLevel, String)]) {
+    let subject = state.backend.queue.names().log_subject(id);
+    let now = chrono::Utc::now().timestamp_millis();
+    for (level, message) in lines {
+        let body = json!({ "build_id": id, "timestamp": now, "level": level, "message": message });
+        let payload = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        if let Err(e) = state.backend.queue.client().publish(subject.clone(), payload).await {
+            tracing::debug!(error = %e, "live log line not published");
+            return;
+        }
+    }
+}
+
+/// `POST /api/builds/{id}/telemetry`: VM monitor and host monitor samples.
+pub async fn telemetry(
+    State(state): State<BridgeState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Value>, BridgeError> {
+    let id = parse_id(&id)?;
+    let keyless = header(&headers, API_KEY).is_none() && header(&headers, WORKER_TOKEN).is_none();
+    if keyless {
+        // The old host resource monitor sends only the two ids.
+        if !state.config.keyless_telemetry {
+            return Err(BridgeError::Unauthorized("Missing X-API-Key header"));
+        }
+        let Some(worker) = header(&headers, WORKER_ID) else {
+            return Err(BridgeError::Unauthorized(
+                "Missing credentials: X-Worker-Token, or X-API-Key with X-Worker-Id",
+            ));
+        };
+        check_build_header(&headers, &id)?;
+        let worker = dispatcher::model::WorkerId::parse(worker)
+            .map_err(|_| BridgeError::Forbidden("Worker not authorized for this build"))?;
+        lease::touch(&state.backend, &state.config.lease, &id, &worker).await??;
+    } else {
+        owner_activity(&state, &headers, &id, None, true).await?;
+    }
+    let Json(body) = body.map_err(|e| BridgeError::BadRequest(format!("Invalid JSON body: {}", e.body_text())))?;
+    let (Some(kind), Some(_), Some(data)) =
+        (body.get("type").and_then(Value::as_str), body.get("timestamp"), body.get("data"))
+    else {
+        return Err(BridgeError::BadRequest("Invalid telemetry data".into()));
+    };
+    let pool = &state.backend.pool;
+    match kind {
+        "monitor_started" => store::logs::append(pool, &id, LogLevel::Info, "[VM] Monitor started").await?,
+        "cpu_snapshot" => {
+            let cpu = data.get("cpu_percent").and_then(Value::as_f64);
+            let mem = data.get("memory_mb").and_then(Value::as_f64);
+            if let (Some(cpu), Some(mem)) = (cpu, mem)
+                && (0.0..=1000.0).contains(&cpu)
+                && (0.0..=1_000_000.0).contains(&mem)
+            {
+                store::logs::add_cpu_snapshot(pool, &id, cpu, mem).await?;
+            }
+        }
+        "heartbeat" => {
+            let metrics = data.get("metrics").cloned().unwrap_or(Value::Null);
+            let text =
+                |v: Option<&Value>| v.map(|v| v.to_string().trim_matches('"').to_owned()).unwrap_or_else(|| "?".into());
+            let message = format!(
+                "[VM] Stage: {} | CPU: {}% | Mem: {}MB | Disk: {}% | Beat: {}",
+                text(data.get("stage")),
+                text(metrics.get("cpu_percent")),
+                text(metrics.get("memory_mb")),
+                text(metrics.get("disk_percent")),
+                text(data.get("heartbeat_count")),
+            );
+            store::logs::append(pool, &id, LogLevel::Debug, &message).await?;
+        }
+        other => {
+            let kind: String = other.chars().take(64).collect();
+            let data: String = data.to_string().chars().take(2000).collect();
+            store::logs::append(pool, &id, LogLevel::Debug, &format!("[VM] {kind}: {data}")).await?;
+        }
+    }
+    Ok(Json(json!({ "status": "ok" })))
+}
+
+/// Query of the heartbeat route.
+#[derive(Debug, Deserialize)]
+pub struct HeartbeatQuery {
+    worker_id: Option<String>,
+}
+
+/// `POST /api/builds/{id}/heartbeat?worker_id=`: `{progress}` or `{}`.
+pub async fn heartbeat(
+    State(state): State<BridgeState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<HeartbeatQuery>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, BridgeError> {
+    let id = parse_id(&id)?;
+    if header(&headers, API_KEY).is_some()
+        && header(&headers, WORKER_TOKEN).is_none()
+        && query.worker_id.is_none()
+        && header(&headers, WORKER_ID).is_none()
+    {
+        check_key_only(&state, &headers)?;
+        return Err(BridgeError::BadRequest("worker_id required".into()));
+    }
+    owner_activity(&state, &headers, &id, query.worker_id.as_deref(), false).await?;
+    if let Some(progress) = body.as_ref().and_then(|Json(b)| b.get("progress")).and_then(Value::as_f64) {
+        let message = format!("Build progress: {}%", progress.clamp(0.0, 100.0).round());
+        store::logs::append(&state.backend.pool, &id, LogLevel::Info, &message).await?;
+    }
+    Ok(Json(json!({ "status": "ok", "timestamp": chrono::Utc::now().timestamp_millis() })))
+}
+
+fn check_key_only(state: &BridgeState, headers: &HeaderMap) -> Result<(), BridgeError> {
+    crate::extract::check_legacy_key(state, header(headers, API_KEY).unwrap_or_default())
+}
