@@ -1,10 +1,14 @@
 //! Integration and end-to-end tests of Free Agent Dispatcher against the real
 //! Postgres and NATS servers: one binary, one module per area.
 
+mod authz;
 mod builds;
+mod concurrency;
 mod diagnostics;
 mod events;
 mod health;
+mod leases;
+mod replays;
 mod resilience;
 mod stats;
 mod submit;
