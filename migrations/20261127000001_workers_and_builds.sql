@@ -52,7 +52,10 @@ CREATE TABLE builds (
     -- Job-scoped VM credentials (hashed).
     otp_hash            TEXT,
     otp_expires_at      TIMESTAMPTZ,
+    -- The VM's token (from /authenticate) and the one handed to the assigned
+    -- worker by /vm-status; both bound to this attempt and its expiry.
     vm_token_hash       TEXT,
+    vm_status_token_hash TEXT,
     vm_token_expires_at TIMESTAMPTZ,
     vm_ready_at         TIMESTAMPTZ,
     result_key          TEXT,

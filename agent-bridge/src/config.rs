@@ -26,6 +26,12 @@ pub struct BridgeArgs {
     #[arg(long, env = "FREEAGENT_KEYLESS_TELEMETRY", default_value_t = true, action = ArgAction::Set)]
     pub keyless_telemetry: bool,
 
+    /// Let `GET /api/builds/{id}/vm-status` answer without credentials, as the
+    /// 927aa78 generation of the Swift worker asks it. Off by default: the answer
+    /// carries a VM token.
+    #[arg(long, env = "FREEAGENT_OPEN_VM_STATUS", default_value_t = false, action = ArgAction::Set)]
+    pub open_vm_status: bool,
+
     /// Longest long poll (`GET /api/workers/poll?wait=N`), in seconds.
     #[arg(long, env = "FREEAGENT_MAX_POLL_WAIT_SECS", default_value_t = 30)]
     pub max_poll_wait_secs: u64,
@@ -41,6 +47,7 @@ impl Default for BridgeArgs {
             base_image_id: DEFAULT_BASE_IMAGE_ID.to_owned(),
             legacy_worker_auth: true,
             keyless_telemetry: true,
+            open_vm_status: false,
             max_poll_wait_secs: 30,
             max_result_bytes: 1024 * MIB,
         }
@@ -56,6 +63,8 @@ pub struct BridgeConfig {
     pub legacy_worker_auth: bool,
     /// Whether key-less host telemetry counts.
     pub keyless_telemetry: bool,
+    /// Whether `vm-status` answers without credentials.
+    pub open_vm_status: bool,
     /// Longest long poll.
     pub max_poll_wait: std::time::Duration,
     /// Largest result upload.
@@ -75,6 +84,7 @@ impl BridgeConfig {
             base_image_id: args.base_image_id.clone(),
             legacy_worker_auth: args.legacy_worker_auth,
             keyless_telemetry: args.keyless_telemetry,
+            open_vm_status: args.open_vm_status,
             max_poll_wait: std::time::Duration::from_secs(args.max_poll_wait_secs),
             max_result_bytes: args.max_result_bytes,
             max_certs_unzipped_bytes: 50 * MIB,

@@ -23,6 +23,8 @@ pub const WORKER_TOKEN: &str = "x-worker-token";
 pub const WORKER_ID: &str = "x-worker-id";
 /// Header binding a VM request to the build in its path.
 pub const BUILD_ID: &str = "x-build-id";
+/// Header of a build VM's job-scoped token.
+pub const VM_TOKEN: &str = "x-vm-token";
 
 /// A header as text, if present and valid.
 pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -87,13 +89,25 @@ pub struct Actor {
     pub by_key: bool,
 }
 
-/// Authenticates a worker-side request on a build: `X-Worker-Token`, or
+/// Authenticates a worker- or VM-side request on `build`: the build's
+/// `X-VM-Token` (acting for the attempt's worker), `X-Worker-Token`, or
 /// `X-API-Key` with `X-Worker-Id` (or `?worker_id=`, passed as `query_worker`).
 pub async fn build_actor(
     state: &BridgeState,
     headers: &HeaderMap,
     query_worker: Option<&str>,
+    build: Option<&dispatcher::model::BuildId>,
 ) -> Result<Actor, BridgeError> {
+    if let (Some(token), Some(build)) = (header(headers, VM_TOKEN), build) {
+        let owner = store::leases::vm_token_owner(&state.backend.pool, build, &hash_token(token))
+            .await?
+            .ok_or(BridgeError::Unauthorized("Invalid or expired VM token"))?;
+        let claimed = header(headers, WORKER_ID).or(query_worker);
+        if claimed.is_some_and(|c| c != owner.as_str()) {
+            return Err(BridgeError::Forbidden("Build not assigned to this worker"));
+        }
+        return Ok(Actor { worker: owner, by_key: false });
+    }
     if let Some(token) = header(headers, WORKER_TOKEN) {
         let worker = worker_by_token(state, token).await?;
         let claimed = header(headers, WORKER_ID).or(query_worker);

@@ -32,14 +32,14 @@ fn parse_id(raw: &str) -> Result<BuildId, BridgeError> {
 /// Authenticates a worker-side request on `id`, checks its lease and records the
 /// activity. `require_build_header` enforces the V0 scripts' `X-Build-Id` binding
 /// on the key path.
-async fn owner_activity(
+pub(crate) async fn owner_activity(
     state: &BridgeState,
     headers: &HeaderMap,
     id: &BuildId,
     query_worker: Option<&str>,
     require_build_header: bool,
 ) -> Result<Build, BridgeError> {
-    let actor = build_actor(state, headers, query_worker).await?;
+    let actor = build_actor(state, headers, query_worker, Some(id)).await?;
     if actor.by_key && require_build_header {
         check_build_header(headers, id)?;
     }
@@ -196,7 +196,9 @@ pub async fn telemetry(
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<Value>, BridgeError> {
     let id = parse_id(&id)?;
-    let keyless = header(&headers, API_KEY).is_none() && header(&headers, WORKER_TOKEN).is_none();
+    let keyless = header(&headers, API_KEY).is_none()
+        && header(&headers, WORKER_TOKEN).is_none()
+        && header(&headers, crate::extract::VM_TOKEN).is_none();
     if keyless {
         // The old host resource monitor sends only the two ids.
         if !state.config.keyless_telemetry {

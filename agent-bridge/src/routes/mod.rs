@@ -2,6 +2,7 @@
 
 pub mod builds;
 pub mod upload;
+pub mod vm;
 pub mod workers;
 
 use axum::Router;
@@ -28,5 +29,9 @@ pub fn router(state: BridgeState) -> Router {
         .route("/api/builds/{id}/logs", post(builds::logs))
         .route("/api/builds/{id}/telemetry", post(builds::telemetry))
         .route("/api/builds/{id}/heartbeat", post(builds::heartbeat))
+        .route("/api/builds/{id}/authenticate", post(vm::authenticate))
+        .route("/api/builds/{id}/vm-ready", post(vm::vm_ready))
+        .route("/api/builds/{id}/vm-status", get(vm::vm_status))
+        .route("/api/builds/{id}/artifact", post(vm::artifact).layer(upload::body_limit(&state)))
         .with_state(state)
 }

@@ -149,7 +149,7 @@ async fn receive(state: &BridgeState, multipart: &mut Multipart, report: &mut Re
     Ok(())
 }
 
-async fn stream_file(state: &BridgeState, mut field: Field<'_>, key: &BlobKey) -> Result<u64, BridgeError> {
+pub(crate) async fn stream_file(state: &BridgeState, mut field: Field<'_>, key: &BlobKey) -> Result<u64, BridgeError> {
     let mut writer = state
         .backend
         .blobs
@@ -187,7 +187,7 @@ async fn text(mut field: Field<'_>) -> Result<String, BridgeError> {
     String::from_utf8(bytes).map_err(|_| BridgeError::BadRequest("Form fields must be UTF-8 text".into()))
 }
 
-fn multipart_error(e: MultipartError) -> BridgeError {
+pub(crate) fn multipart_error(e: MultipartError) -> BridgeError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         BridgeError::TooLarge("Request too large")
     } else {

@@ -312,7 +312,7 @@ pub async fn abandon(
 /// Resolves the worker of a JSON worker route: token, or key + `worker_id`.
 async fn json_worker(state: &BridgeState, headers: &HeaderMap, body: &Value) -> Result<WorkerId, BridgeError> {
     let claimed = body.get("worker_id").and_then(Value::as_str).or(header(headers, WORKER_ID));
-    crate::extract::build_actor(state, headers, claimed).await.map(|a| a.worker)
+    crate::extract::build_actor(state, headers, claimed, None).await.map(|a| a.worker)
 }
 
 /// `POST /api/workers/heartbeat` `{build_id}`: the owner is alive.

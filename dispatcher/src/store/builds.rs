@@ -240,7 +240,7 @@ pub async fn mark_cancelled(db: impl PgExecutor<'_>, id: &BuildId) -> Result<(),
     sqlx::query(
         "UPDATE builds SET status = 'cancelled', error_message = $2, completed_at = now(), updated_at = now(),
                 lease_reply = NULL, lease_delivery = NULL, lease_expires_at = NULL,
-                otp_hash = NULL, otp_expires_at = NULL, vm_token_hash = NULL, vm_token_expires_at = NULL
+                otp_hash = NULL, otp_expires_at = NULL
          WHERE id = $1",
     )
     .bind(id.as_str())

@@ -39,7 +39,8 @@ pub async fn grant(db: impl PgExecutor<'_>, g: &Grant<'_>) -> Result<(), StoreEr
                 lease_expires_at = now() + make_interval(secs => $6),
                 assigned_at = now(), started_at = NULL, last_heartbeat_at = NULL,
                 otp_hash = $7, otp_expires_at = now() + make_interval(secs => $8),
-                vm_token_hash = NULL, vm_token_expires_at = NULL, vm_ready_at = NULL, updated_at = now()
+                vm_token_hash = NULL, vm_status_token_hash = NULL, vm_token_expires_at = NULL, vm_ready_at = NULL,
+                updated_at = now()
          WHERE id = $1",
     )
     .bind(g.build.as_str())
@@ -181,7 +182,7 @@ pub async fn finish(db: impl PgExecutor<'_>, build: &BuildId, how: &Finish<'_>) 
         "UPDATE builds SET status = $2, error_message = $3, result_key = COALESCE($4, result_key),
                 result_bytes = COALESCE($5, result_bytes), completed_at = now(), updated_at = now(),
                 lease_reply = NULL, lease_delivery = NULL, lease_expires_at = NULL, lease_renewed_at = NULL,
-                otp_hash = NULL, otp_expires_at = NULL, vm_token_hash = NULL, vm_token_expires_at = NULL
+                otp_hash = NULL, otp_expires_at = NULL
          WHERE id = $1",
     )
     .bind(build.as_str())
@@ -200,8 +201,8 @@ pub async fn requeue(db: impl PgExecutor<'_>, build: &BuildId) -> Result<(), Sto
         "UPDATE builds SET status = 'pending', worker_id = NULL, queue_seq = NULL,
                 lease_reply = NULL, lease_delivery = NULL, lease_expires_at = NULL, lease_renewed_at = NULL,
                 assigned_at = NULL, started_at = NULL, last_heartbeat_at = NULL,
-                otp_hash = NULL, otp_expires_at = NULL, vm_token_hash = NULL, vm_token_expires_at = NULL,
-                vm_ready_at = NULL, updated_at = now()
+                otp_hash = NULL, otp_expires_at = NULL, vm_token_hash = NULL, vm_status_token_hash = NULL,
+                vm_token_expires_at = NULL, vm_ready_at = NULL, updated_at = now()
          WHERE id = $1",
     )
     .bind(build.as_str())
@@ -243,4 +244,105 @@ fn ids(raw: Vec<String>) -> Result<Vec<BuildId>, StoreError> {
 /// Whether `build` is leased to `worker` right now (status and owner only).
 pub fn is_owned_by(build: &Build, worker: &WorkerId) -> bool {
     build.status.is_leased() && build.worker_id.as_ref() == Some(worker)
+}
+
+/// Why a one-time code was not exchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtpRefusal {
+    /// The build holds no code (not leased).
+    NoOtp,
+    /// The code does not match.
+    Invalid,
+    /// The code expired.
+    Expired,
+}
+
+/// Exchanges the one-time code of a locked, leased build for a VM token (its hash
+/// stored, valid for `ttl_secs`). Returns the token's expiry.
+pub async fn exchange_otp(
+    db: &mut sqlx::PgConnection,
+    build: &BuildId,
+    otp: &str,
+    vm_token_hash: &str,
+    ttl_secs: f64,
+) -> Result<Result<chrono::DateTime<chrono::Utc>, OtpRefusal>, StoreError> {
+    let row: Option<(Option<String>, bool)> = sqlx::query_as(
+        "SELECT otp_hash, COALESCE(otp_expires_at > now(), false) FROM builds
+         WHERE id = $1 AND status IN ('assigned', 'building')",
+    )
+    .bind(build.as_str())
+    .fetch_optional(&mut *db)
+    .await?;
+    let Some((Some(otp_hash), fresh)) = row else {
+        return Ok(Err(OtpRefusal::NoOtp));
+    };
+    if !crate::auth::token_matches(&otp_hash, otp) {
+        return Ok(Err(OtpRefusal::Invalid));
+    }
+    if !fresh {
+        return Ok(Err(OtpRefusal::Expired));
+    }
+    let expires: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "UPDATE builds SET vm_token_hash = $2, vm_token_expires_at = now() + make_interval(secs => $3), updated_at = now()
+         WHERE id = $1 RETURNING vm_token_expires_at",
+    )
+    .bind(build.as_str())
+    .bind(vm_token_hash)
+    .bind(ttl_secs)
+    .fetch_one(&mut *db)
+    .await?;
+    Ok(Ok(expires))
+}
+
+/// The worker a VM token of `build` acts for: `Some(owner)` when the token (the
+/// VM's, or the one handed to the worker by `vm-status`) matches and has not
+/// expired. The owner is the attempt's worker even after the build ended, so a
+/// late VM learns that it ended.
+pub async fn vm_token_owner(
+    db: impl PgExecutor<'_>,
+    build: &BuildId,
+    token_hash: &str,
+) -> Result<Option<WorkerId>, StoreError> {
+    let owner: Option<Option<String>> = sqlx::query_scalar(
+        "SELECT worker_id FROM builds WHERE id = $1 AND (vm_token_hash = $2 OR vm_status_token_hash = $2)
+           AND vm_token_expires_at > now()",
+    )
+    .bind(build.as_str())
+    .bind(token_hash)
+    .fetch_optional(db)
+    .await?;
+    Ok(owner.flatten().and_then(|w| WorkerId::try_from(w).ok()))
+}
+
+/// Records that the VM of a leased build is ready; returns the time.
+pub async fn mark_vm_ready(
+    db: impl PgExecutor<'_>,
+    build: &BuildId,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "UPDATE builds SET vm_ready_at = COALESCE(vm_ready_at, now()), updated_at = now()
+         WHERE id = $1 AND status IN ('assigned', 'building') RETURNING vm_ready_at",
+    )
+    .bind(build.as_str())
+    .fetch_optional(db)
+    .await?)
+}
+
+/// For `vm-status`: when the VM is ready, a fresh token for the assigned worker
+/// (its hash replaces the previous one) and the ready time.
+pub async fn vm_status_token(
+    db: impl PgExecutor<'_>,
+    build: &BuildId,
+    token_hash: &str,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "UPDATE builds SET vm_status_token_hash = $2, updated_at = now()
+         WHERE id = $1 AND status IN ('assigned', 'building') AND vm_ready_at IS NOT NULL
+           AND vm_token_expires_at > now()
+         RETURNING vm_ready_at",
+    )
+    .bind(build.as_str())
+    .bind(token_hash)
+    .fetch_optional(db)
+    .await?)
 }

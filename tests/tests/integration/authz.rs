@@ -14,9 +14,11 @@ enum Cred {
     AssignedWorkerId,
     AssignedWorkerToken,
     RotatedTokenPastGrace,
+    VmToken,
+    OtherBuildsVmToken,
 }
 
-const ALL: [Cred; 8] = [
+const ALL: [Cred; 10] = [
     Cred::Nothing,
     Cred::WrongKey,
     Cred::KeyWithoutWorker,
@@ -25,6 +27,8 @@ const ALL: [Cred; 8] = [
     Cred::AssignedWorkerId,
     Cred::AssignedWorkerToken,
     Cred::RotatedTokenPastGrace,
+    Cred::VmToken,
+    Cred::OtherBuildsVmToken,
 ];
 
 struct World {
@@ -33,6 +37,8 @@ struct World {
     owner: WorkerClient,
     other: WorkerClient,
     rotated: String,
+    vm_token: String,
+    other_vm_token: String,
 }
 
 impl World {
@@ -65,6 +71,8 @@ impl World {
             Cred::OtherWorkerToken => r = r.header("X-Worker-Token", &self.other.token),
             Cred::AssignedWorkerToken => r = r.header("X-Worker-Token", &self.owner.token),
             Cred::RotatedTokenPastGrace => r = r.header("X-Worker-Token", &self.rotated),
+            Cred::VmToken => r = r.header("X-VM-Token", &self.vm_token),
+            Cred::OtherBuildsVmToken => r = r.header("X-VM-Token", &self.other_vm_token),
         }
         r
     }
@@ -76,7 +84,13 @@ async fn world() -> World {
     let other = app.register_worker("Other", &["ios"]).await;
     let response = app.submit(b"zip", "ios", Some(b"certs")).await;
     let build = response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    assert_eq!(owner.poll(0.0).await.unwrap()["id"], build.as_str());
+    let job = owner.poll(0.0).await.unwrap();
+    assert_eq!(job["id"], build.as_str());
+    let vm_token = exchange(&app, &build, job["otp"].as_str().unwrap()).await;
+    let (other_build, _) = app.submit_ok(b"other").await;
+    let other_job = other.poll(0.0).await.unwrap();
+    assert_eq!(other_job["id"], other_build.as_str());
+    let other_vm_token = exchange(&app, &other_build, other_job["otp"].as_str().unwrap()).await;
     // Re-register the owner: its first token is rotated and its grace has passed.
     let response = app
         .admin(Method::POST, "/api/workers/register")
@@ -92,7 +106,17 @@ async fn world() -> World {
         .execute(app.pool())
         .await
         .unwrap();
-    World { app, build, owner, other, rotated }
+    World { app, build, owner, other, rotated, vm_token, other_vm_token }
+}
+
+async fn exchange(app: &TestApp, build: &str, otp: &str) -> String {
+    let response = app
+        .anon(Method::POST, &format!("/api/builds/{build}/authenticate"))
+        .json(&json!({ "otp": otp }))
+        .send()
+        .await
+        .unwrap();
+    response.json::<serde_json::Value>().await.unwrap()["vm_token"].as_str().unwrap().to_owned()
 }
 
 fn expected_on_build_route(cred: Cred) -> u16 {
@@ -103,6 +127,8 @@ fn expected_on_build_route(cred: Cred) -> u16 {
         Cred::OtherWorkerId | Cred::OtherWorkerToken => 403,
         Cred::AssignedWorkerId | Cred::AssignedWorkerToken => 200,
         Cred::RotatedTokenPastGrace => 401,
+        Cred::VmToken => 200,
+        Cred::OtherBuildsVmToken => 401,
     }
 }
 
@@ -139,6 +165,11 @@ async fn every_worker_and_vm_route_admits_exactly_the_assigned_worker() {
             if cred == Cred::KeyWithoutWorker && path.contains("heartbeat") {
                 expected = if path.starts_with("/api/builds/") { 400 } else { 401 };
             }
+            // A VM token speaks for one build: routes without a build in the path
+            // do not know it.
+            if matches!(cred, Cred::VmToken | Cred::OtherBuildsVmToken) && path.starts_with("/api/workers/") {
+                expected = 401;
+            }
             if status != expected {
                 failures.push(format!("{method} {path} with {cred:?}: {status}, expected {expected}"));
             }
@@ -169,7 +200,7 @@ async fn every_worker_and_vm_route_admits_exactly_the_assigned_worker() {
             Cred::Nothing => 401,
             Cred::WrongKey => 403,
             Cred::KeyWithoutWorker => 400,
-            Cred::RotatedTokenPastGrace => 401,
+            Cred::RotatedTokenPastGrace | Cred::VmToken | Cred::OtherBuildsVmToken => 401,
             _ => 200,
         };
         if status != expected {
@@ -178,6 +209,7 @@ async fn every_worker_and_vm_route_admits_exactly_the_assigned_worker() {
     }
     // Upload: every refusal first, then the owner's report.
     for cred in ALL.into_iter().filter(|c| !matches!(c, Cred::AssignedWorkerId | Cred::AssignedWorkerToken)) {
+        // (A VM token is no credential for the worker's upload route.)
         let mut form = reqwest::multipart::Form::new().text("build_id", w.build.clone()).text("success", "true");
         if let Some(worker) = w.worker_id(cred) {
             form = form.text("worker_id", worker.to_owned());
@@ -193,10 +225,50 @@ async fn every_worker_and_vm_route_admits_exactly_the_assigned_worker() {
             .as_u16();
         let expected = match cred {
             Cred::KeyWithoutWorker => 400,
+            Cred::VmToken | Cred::OtherBuildsVmToken => 401,
             other => expected_on_build_route(other),
         };
         if status != expected {
             failures.push(format!("upload with {cred:?}: {status}, expected {expected}"));
+        }
+    }
+    // vm-ready takes only the build's VM token; vm-status only the assigned worker.
+    for cred in ALL {
+        let status =
+            w.request(cred, Method::POST, "/api/builds/{build}/vm-ready").send().await.unwrap().status().as_u16();
+        let expected = if cred == Cred::VmToken { 200 } else { 401 };
+        if status != expected {
+            failures.push(format!("vm-ready with {cred:?}: {status}, expected {expected}"));
+        }
+        let status = w
+            .request(cred, Method::GET, "/api/builds/{build}/vm-status?worker_id={worker}")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        let expected = match cred {
+            Cred::KeyWithoutWorker => 401,
+            other => expected_on_build_route(other),
+        };
+        if status != expected {
+            failures.push(format!("vm-status with {cred:?}: {status}, expected {expected}"));
+        }
+    }
+    // Artifact: refusals only (the owner's upload comes last).
+    for cred in ALL.into_iter().filter(|c| expected_on_build_route(*c) != 200) {
+        let form = reqwest::multipart::Form::new()
+            .part("artifact", reqwest::multipart::Part::bytes(b"ipa".to_vec()).file_name("a.ipa"));
+        let status = w
+            .request(cred, Method::POST, "/api/builds/{build}/artifact")
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if status != expected_on_build_route(cred) {
+            failures.push(format!("artifact with {cred:?}: {status}, expected {}", expected_on_build_route(cred)));
         }
     }
     assert!(w.app.backend.blobs.list("uploads").await.unwrap().is_empty(), "refused uploads left nothing");

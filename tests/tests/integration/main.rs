@@ -12,5 +12,6 @@ mod replays;
 mod resilience;
 mod stats;
 mod submit;
+mod vm;
 mod worker_protocol;
 mod workers;
