@@ -4,6 +4,9 @@
 CREATE TABLE outbox (
     -- UUIDv7: time ordered, also the CloudEvents `id` and the `Nats-Msg-Id`.
     id            UUID PRIMARY KEY,
+    -- Commit order within one build or worker (transitions of one build hold its
+    -- row lock), the cursor of event streams (SSE `Last-Event-ID`).
+    seq           BIGSERIAL NOT NULL UNIQUE,
     -- 'build' or 'worker'
     kind          TEXT NOT NULL,
     entity_id     TEXT NOT NULL,
@@ -15,3 +18,5 @@ CREATE TABLE outbox (
 );
 
 CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
+
+CREATE INDEX outbox_entity ON outbox (kind, entity_id, seq);

@@ -104,6 +104,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub api: api::config::ApiArgs,
 
+    /// Webhook delivery settings.
+    #[command(flatten)]
+    pub webhooks: dispatcher::webhooks::WebhookArgs,
+
     /// Agent bridge settings.
     #[command(flatten)]
     pub bridge: agent_bridge::config::BridgeArgs,

@@ -112,6 +112,11 @@ impl Application {
             std::time::Duration::from_millis(self.settings.lease.reaper_interval_ms.max(10)),
             shutdown.clone(),
         ));
+        let webhooks = tokio::spawn(dispatcher::webhooks::run(
+            self.backend.clone(),
+            self.settings.webhooks.clone(),
+            shutdown.clone(),
+        ));
         let signal = {
             let shutdown = shutdown.clone();
             async move {
@@ -128,6 +133,7 @@ impl Application {
         shutdown.cancel();
         background.await.ok();
         reaper.await.ok();
+        webhooks.await.ok();
         served.context("the HTTP server failed")
     }
 }

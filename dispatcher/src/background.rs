@@ -65,10 +65,12 @@ pub async fn run(backend: Backend, loops: LoopArgs, min_age: Duration, shutdown:
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        if let Err(e) = republish_step(&backend, min_age).await {
-            tracing::warn!(error = %e, "republish step failed");
+            _ = ticker.tick() => {
+                if let Err(e) = republish_step(&backend, min_age).await {
+                    tracing::warn!(error = %e, "republish step failed");
+                }
+            }
+            _ = backend.outbox_nudge.notified() => {}
         }
         // Drain the outbox in batches until it is empty or publishing fails.
         loop {

@@ -89,7 +89,11 @@ pub async fn publish_outbox_step(pool: &PgPool, queue: &Queue) -> Result<usize, 
         headers.insert("Content-Type", "application/cloudevents+json");
         let subject = queue.names().event_subject(&event.kind, &event.entity_id, &event.event_type);
         match queue.publish_with_ack(subject, headers, body.into()).await {
-            Ok(_) => published.push(event.id),
+            Ok(_) => {
+                let type_name = format!("{}.{}", event.kind, event.event_type);
+                crate::store::webhooks::fan_out(&mut *tx, event.id, &type_name).await?;
+                published.push(event.id);
+            }
             Err(e) => {
                 failure = Some(e);
                 break;

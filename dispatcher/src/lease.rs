@@ -203,12 +203,14 @@ pub async fn offer(
     let mut tx = backend.pool.begin().await?;
     let Some(build) = store::builds::lock_build(&mut *tx, id).await? else {
         tx.commit().await?;
+        backend.events_committed();
         send(backend, Some(Verb::Term(delivery.reply.clone()))).await;
         return Ok(Offer::Passed);
     };
     let seq = i64::try_from(delivery.seq).unwrap_or(i64::MAX);
     if build.status.is_terminal() {
         tx.commit().await?;
+        backend.events_committed();
         send(backend, Some(Verb::Term(delivery.reply.clone()))).await;
         return Ok(Offer::Passed);
     }
@@ -216,6 +218,7 @@ pub async fn offer(
         if build.queue_seq != Some(seq) {
             // A duplicate publish: the verb acts on its own sequence only.
             tx.commit().await?;
+            backend.events_committed();
             send(backend, Some(Verb::Term(delivery.reply.clone()))).await;
             return Ok(Offer::Passed);
         }
@@ -227,6 +230,7 @@ pub async fn offer(
         if live {
             leases::adopt_delivery(&mut *tx, id, &delivery.reply, delivery.delivered).await?;
             tx.commit().await?;
+            backend.events_committed();
             return Ok(Offer::Passed);
         }
         // The owner went silent: its lease is lost.
@@ -246,6 +250,7 @@ pub async fn offer(
             let reason = format!("Build failed after {} attempts: the worker stopped responding", build.attempt);
             fail_locked(&mut tx, &build, &reason).await?;
             tx.commit().await?;
+            backend.events_committed();
             send(backend, Some(Verb::Term(delivery.reply.clone()))).await;
             return Ok(Offer::Passed);
         }
@@ -280,6 +285,7 @@ pub async fn offer(
     )
     .await?;
     tx.commit().await?;
+    backend.events_committed();
     Ok(Offer::Granted { build: Box::new(build), otp })
 }
 
@@ -301,6 +307,7 @@ pub async fn redeliver(
     let otp = generate_token();
     leases::renew_otp(&mut *tx, id, &hash_token(&otp), settings.otp_ttl.as_secs_f64()).await?;
     tx.commit().await?;
+    backend.events_committed();
     let _ = touch(backend, settings, id, &worker.id).await?;
     Ok(Some((build, otp)))
 }
@@ -340,6 +347,7 @@ pub async fn touch(
         .await?;
     }
     tx.commit().await?;
+    backend.events_committed();
     if let Some(reply) = touched.renew_reply
         && let Err(e) = backend.queue.in_progress(&reply).await
     {
@@ -428,6 +436,7 @@ async fn complete_locked(
     )
     .await?;
     tx.commit().await?;
+    backend.events_committed();
     send(backend, build.lease_reply.map(Verb::Ack)).await;
     Ok(Ok(Ended::Now))
 }
@@ -448,6 +457,7 @@ pub async fn fail(
     }
     fail_locked(&mut tx, &build, message).await?;
     tx.commit().await?;
+    backend.events_committed();
     send(backend, build.lease_reply.map(Verb::Ack)).await;
     Ok(Ok(Ended::Now))
 }
@@ -524,6 +534,7 @@ pub async fn requeue(
         let message = format!("Build failed after {} attempts: {reason}", build.attempt);
         fail_locked(&mut tx, &build, &message).await?;
         tx.commit().await?;
+        backend.events_committed();
         send(backend, old_reply.map(Verb::Term)).await;
         return Ok(Requeued::Failed);
     }
@@ -541,6 +552,7 @@ pub async fn requeue(
     )
     .await?;
     tx.commit().await?;
+    backend.events_committed();
     send(backend, old_reply.map(Verb::Term)).await;
     crate::ops::publish(backend, id, build.platform, build.attempt).await;
     Ok(Requeued::Queued)
@@ -588,6 +600,7 @@ pub async fn reap_step(backend: &Backend, settings: &LeaseSettings) -> Result<Re
         let message = format!("Build exceeded the maximum build time of {} s", settings.max_build.as_secs());
         fail_locked(&mut tx, &build, &message).await?;
         tx.commit().await?;
+        backend.events_committed();
         send(backend, build.lease_reply.map(Verb::Term)).await;
         report.failed += 1;
     }
@@ -597,6 +610,7 @@ pub async fn reap_step(backend: &Backend, settings: &LeaseSettings) -> Result<Re
         store::outbox::record(&mut *tx, "worker", worker, "offline", &json!({ "worker_id": worker })).await?;
     }
     tx.commit().await?;
+    backend.events_committed();
     report.offline = quiet.len();
     Ok(report)
 }

@@ -17,6 +17,7 @@
 //! - [`lease`]: the lease protocol: grant, extend, complete, fail, requeue, reap.
 //! - [`ops`]: submitter use cases (enqueue, cancel, retry).
 //! - [`background`]: loops every replica runs (republisher, outbox publisher).
+//! - [`webhooks`]: signed, retried HTTP deliveries of events to operators' endpoints.
 //! - [`auth`]: API key, tokens and their hashed storage.
 //! - [`config`], [`db`], [`telemetry`]: configuration fragments, Postgres setup, logging.
 
@@ -33,6 +34,7 @@ pub mod queue;
 pub mod signals;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;
 
 use std::time::Duration;
 
@@ -52,6 +54,9 @@ pub struct Backend {
     pub queue: Queue,
     /// Object store.
     pub blobs: Blobs,
+    /// Wakes this replica's outbox publisher right after a commit wrote events,
+    /// so subscribers hear of a transition within milliseconds.
+    pub outbox_nudge: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Backend {
@@ -68,6 +73,11 @@ impl Backend {
         let queue = Queue::connect(nats, Duration::from_secs(10)).await?;
         queue.ensure_topology(lease, events_max_age).await?;
         let blobs = Blobs::from_args(blobs)?;
-        Ok(Self { pool, queue, blobs })
+        Ok(Self { pool, queue, blobs, outbox_nudge: Default::default() })
+    }
+
+    /// Tells the outbox publisher that a commit wrote events.
+    pub fn events_committed(&self) {
+        self.outbox_nudge.notify_one();
     }
 }

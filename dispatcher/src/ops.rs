@@ -93,6 +93,7 @@ pub async fn enqueue(backend: &Backend, new: NewSubmission<'_>) -> Result<Accept
         store::outbox::record(&mut *tx, "build", old.as_str(), "retried", &data).await?;
     }
     tx.commit().await?;
+    backend.events_committed();
 
     let published = publish(backend, &new.id, new.platform, 0).await;
     Ok(Accepted { id: new.id, token, submitted_at, published })
@@ -144,6 +145,7 @@ pub async fn cancel(backend: &Backend, id: &BuildId) -> Result<CancelOutcome, Op
     let data = serde_json::json!({ "build_id": id, "previous_status": build.status.as_str() });
     store::outbox::record(&mut *tx, "build", id.as_str(), "cancelled", &data).await?;
     tx.commit().await?;
+    backend.events_committed();
 
     // Verbs after the commit, to what the transaction read.
     if build.status == BuildStatus::Pending {

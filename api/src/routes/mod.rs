@@ -4,10 +4,12 @@ pub mod builds;
 pub mod diagnostics;
 pub mod health;
 pub mod stats;
+pub mod stream;
 pub mod submit;
+pub mod webhooks;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 use crate::ApiState;
 
@@ -26,6 +28,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/builds/submit", post(submit::submit).layer(submit::body_limit(&state)))
         .route("/api/builds/{id}/status", get(builds::status))
         .route("/api/builds/{id}/logs", get(builds::logs))
+        .route("/api/builds/{id}/logs/stream", get(stream::logs))
+        .route("/api/builds/{id}/events", get(stream::events))
         .route("/api/builds/{id}/download", get(builds::download))
         .route("/api/builds/{id}/download/{kind}", get(builds::download_kind))
         .route("/api/builds/{id}/cancel", post(builds::cancel))
@@ -33,6 +37,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/diagnostics/report", post(diagnostics::report))
         .route("/api/diagnostics/{worker_id}", get(diagnostics::history))
         .route("/api/diagnostics/{worker_id}/latest", get(diagnostics::latest))
+        .route("/api/webhooks", get(webhooks::list).post(webhooks::create))
+        .route("/api/webhooks/{id}", delete(webhooks::delete))
+        .route("/api/webhooks/{id}/enable", post(webhooks::enable))
+        .route("/api/webhooks/{id}/deliveries", get(webhooks::deliveries))
         .merge(public)
         .with_state(state)
 }

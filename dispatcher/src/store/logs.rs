@@ -82,3 +82,20 @@ pub async fn add_cpu_snapshot(
         .await?;
     Ok(())
 }
+
+/// A build's log lines after row `after_id`, oldest first, at most `limit`.
+pub async fn list_after(
+    db: impl PgExecutor<'_>,
+    build: &BuildId,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<LogLine>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT id, ts, level, message FROM build_logs WHERE build_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind(build.as_str())
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(db)
+    .await?)
+}

@@ -9,6 +9,7 @@ pub mod leases;
 pub mod logs;
 pub mod outbox;
 pub mod stats;
+pub mod webhooks;
 pub mod workers;
 
 /// Errors of the store: the database failed, or it holds something the model

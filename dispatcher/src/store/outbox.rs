@@ -59,3 +59,44 @@ pub async fn mark_published(db: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<(),
     sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)").bind(ids).execute(db).await?;
     Ok(())
 }
+
+/// One event by id (published or not).
+pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<OutboxEvent>, StoreError> {
+    Ok(sqlx::query_as("SELECT id, kind, entity_id, event_type, data, created_at FROM outbox WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await?)
+}
+
+/// Events of one build or worker after `after_seq`, in commit order, with their
+/// sequence numbers.
+pub async fn list_for(
+    db: impl PgExecutor<'_>,
+    kind: &str,
+    entity_id: &str,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<(i64, OutboxEvent)>, StoreError> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        seq: i64,
+        #[sqlx(flatten)]
+        event: OutboxEvent,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT seq, id, kind, entity_id, event_type, data, created_at FROM outbox
+         WHERE kind = $1 AND entity_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
+    )
+    .bind(kind)
+    .bind(entity_id)
+    .bind(after_seq)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.seq, r.event)).collect())
+}
+
+/// The sequence number of an event (resolving an SSE `Last-Event-ID`).
+pub async fn seq_of(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar("SELECT seq FROM outbox WHERE id = $1").bind(id).fetch_optional(db).await?)
+}

@@ -11,6 +11,7 @@ mod leases;
 mod replays;
 mod resilience;
 mod stats;
+mod streams;
 mod submit;
 mod vm;
 mod worker_protocol;

@@ -1,0 +1,158 @@
+//! Webhook administration (fleet key): register, list (with health), deliveries,
+//! re-enable, delete. Delivery itself is `dispatcher::webhooks`.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use dispatcher::auth::generate_token;
+use dispatcher::store::{self, webhooks::Webhook};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::iso;
+use crate::extract::AdminKey;
+use crate::{ApiError, ApiState};
+
+/// Event types a webhook may subscribe to (also `build.*`, `worker.*` and `*`).
+pub const EVENT_TYPES: [&str; 13] = [
+    "build.submitted",
+    "build.assigned",
+    "build.started",
+    "build.lease_expired",
+    "build.requeued",
+    "build.completed",
+    "build.failed",
+    "build.cancelled",
+    "build.retried",
+    "worker.registered",
+    "worker.re_registered",
+    "worker.offline",
+    "worker.unregistered",
+];
+
+fn webhook_json(w: &Webhook) -> Value {
+    json!({
+        "id": w.id,
+        "url": w.url,
+        "events": w.event_types,
+        "enabled": w.enabled,
+        "failing_since": w.failing_since.map(iso),
+        "disabled_at": w.disabled_at.map(iso),
+        "disabled_reason": w.disabled_reason,
+        "created_at": iso(w.created_at),
+    })
+}
+
+fn valid_pattern(p: &str) -> bool {
+    p == "*" || p == "build.*" || p == "worker.*" || EVENT_TYPES.contains(&p)
+}
+
+/// `POST /api/webhooks` `{url, events?, secret?}` → the webhook and its secret
+/// (shown once).
+pub async fn create(
+    State(state): State<ApiState>,
+    _key: AdminKey,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(format!("Invalid JSON body: {}", e.body_text())))?;
+    let Some(url) = body.get("url").and_then(Value::as_str) else {
+        return Err(ApiError::BadRequest("url required".into()));
+    };
+    let parsed = reqwest_url(url)?;
+    let events: Vec<String> = match body.get("events") {
+        None => vec!["*".to_owned()],
+        Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Some(_) => return Err(ApiError::BadRequest("events must be an array of event types".into())),
+    };
+    if events.is_empty() || events.iter().any(|e| !valid_pattern(e)) {
+        return Err(ApiError::BadRequest(format!(
+            "events must name known event types ({}), build.*, worker.* or *",
+            EVENT_TYPES.join(", ")
+        )));
+    }
+    let secret = match body.get("secret") {
+        None => generate_token(),
+        Some(Value::String(s)) if s.len() >= 16 => s.clone(),
+        Some(_) => return Err(ApiError::BadRequest("secret must be a string of at least 16 characters".into())),
+    };
+    let webhook = store::webhooks::insert(&state.backend.pool, &parsed, &events, &secret).await?;
+    tracing::info!(webhook.id = %webhook.id, "webhook registered");
+    let mut answer = webhook_json(&webhook);
+    answer["secret"] = json!(secret);
+    Ok(Json(answer))
+}
+
+fn reqwest_url(raw: &str) -> Result<String, ApiError> {
+    let lower = raw.to_ascii_lowercase();
+    let ok = (lower.starts_with("http://") || lower.starts_with("https://"))
+        && raw.len() <= 2000
+        && !raw.chars().any(char::is_whitespace)
+        && raw.split("://").nth(1).is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
+    if ok { Ok(raw.to_owned()) } else { Err(ApiError::BadRequest("url must be an http:// or https:// URL".into())) }
+}
+
+/// `GET /api/webhooks`: every webhook with its health.
+pub async fn list(State(state): State<ApiState>, _key: AdminKey) -> Result<Json<Value>, ApiError> {
+    let hooks = store::webhooks::list(&state.backend.pool).await?;
+    Ok(Json(Value::Array(hooks.iter().map(webhook_json).collect())))
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound("Webhook not found"))
+}
+
+/// `DELETE /api/webhooks/{id}`.
+pub async fn delete(
+    State(state): State<ApiState>,
+    _key: AdminKey,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if store::webhooks::delete(&state.backend.pool, parse_id(&id)?).await? {
+        Ok(Json(json!({ "success": true })))
+    } else {
+        Err(ApiError::NotFound("Webhook not found"))
+    }
+}
+
+/// `POST /api/webhooks/{id}/enable`: after fixing an endpoint that was disabled.
+pub async fn enable(
+    State(state): State<ApiState>,
+    _key: AdminKey,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if store::webhooks::enable(&state.backend.pool, parse_id(&id)?).await? {
+        Ok(Json(json!({ "success": true })))
+    } else {
+        Err(ApiError::NotFound("Webhook not found"))
+    }
+}
+
+/// Query of the deliveries route.
+#[derive(Debug, Deserialize)]
+pub struct DeliveriesQuery {
+    limit: Option<i64>,
+}
+
+/// `GET /api/webhooks/{id}/deliveries[?limit=N]`: recent deliveries with every attempt.
+pub async fn deliveries(
+    State(state): State<ApiState>,
+    _key: AdminKey,
+    Path(id): Path<String>,
+    Query(query): Query<DeliveriesQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let limit = query.limit.unwrap_or(50).clamp(1, 500);
+    let rows = store::webhooks::deliveries(&state.backend.pool, id, limit).await?;
+    Ok(Json(Value::Array(
+        rows.iter()
+            .map(|d| {
+                json!({
+                    "id": d.id, "event_id": d.event_id, "status": d.status, "attempts": d.attempts,
+                    "next_attempt_at": iso(d.next_attempt_at), "delivered_at": d.delivered_at.map(iso),
+                    "history": d.history,
+                })
+            })
+            .collect(),
+    )))
+}
