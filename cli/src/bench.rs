@@ -123,8 +123,11 @@ impl Controller {
     }
 
     async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(pid) = self.pid() {
-            let _ = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+        if let Some(pid) = self.pid()
+            && let Ok(pid) = i32::try_from(pid)
+            && pid > 1
+        {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
         let _ = self.child.kill().await;

@@ -21,6 +21,13 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Run a benchmark against a controller this command starts itself.
     Bench(crate::bench::BenchArgs),
+    /// Run a reference worker (Linux builds driven by a shell command).
+    Worker(Box<crate::worker::WorkerArgs>),
+    /// Show the whole loop on this machine: controller, worker, submission, logs, artifact.
+    Demo(crate::demo::DemoArgs),
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    Client(crate::client::commands::ClientCommand),
 }
 
 /// Which routers a `serve` process runs.

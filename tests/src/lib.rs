@@ -548,3 +548,12 @@ impl SseReader {
         }
     }
 }
+
+/// The `freeagent` binary built next to this test binary.
+pub fn freeagent_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let bin = dir.join("freeagent");
+    assert!(bin.exists(), "{} is missing: run `cargo test --workspace` (it builds the binary)", bin.display());
+    bin
+}

@@ -13,6 +13,7 @@ use crate::BridgeState;
 /// Every bridge route.
 pub fn router(state: BridgeState) -> Router {
     Router::new()
+        .route("/api/workers", get(workers::list))
         .route("/api/workers/register", post(workers::register))
         .route("/api/workers/poll", get(workers::poll))
         .route("/api/workers/upload", post(upload::upload).layer(upload::body_limit(&state)))

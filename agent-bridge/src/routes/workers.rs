@@ -349,6 +349,24 @@ pub async fn fail(
     Ok(Json(json!({ "success": true, "message": "Build marked as failed" })))
 }
 
+/// `GET /api/workers` (fleet key): every worker, most recently seen first.
+pub async fn list(State(state): State<BridgeState>, _key: AdminKey) -> Result<Json<Value>, BridgeError> {
+    let workers = store::workers::list_workers(&state.backend.pool).await?;
+    let iso = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    Ok(Json(Value::Array(
+        workers
+            .iter()
+            .map(|w| {
+                json!({
+                    "id": w.id, "name": w.name, "status": w.status, "platforms": w.platforms,
+                    "registered_at": iso(w.registered_at), "last_seen_at": iso(w.last_seen_at),
+                    "builds_completed": w.builds_completed, "builds_failed": w.builds_failed,
+                })
+            })
+            .collect(),
+    )))
+}
+
 /// `GET /api/workers/{id}/stats`: camelCase fields, uptime since registration.
 pub async fn stats(
     State(state): State<BridgeState>,

@@ -24,12 +24,14 @@ pub struct Worker {
     pub builds_completed: i64,
     /// Builds it failed.
     pub builds_failed: i64,
+    /// Platforms it accepts.
+    pub platforms: Vec<String>,
 }
 
 /// One worker, if it exists.
 pub async fn get_worker(db: impl PgExecutor<'_>, id: &WorkerId) -> Result<Option<Worker>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT id, name, status, registered_at, last_seen_at, builds_completed, builds_failed
+        "SELECT id, name, status, registered_at, last_seen_at, builds_completed, builds_failed, platforms
          FROM workers WHERE id = $1",
     )
     .bind(id.as_str())
@@ -40,7 +42,7 @@ pub async fn get_worker(db: impl PgExecutor<'_>, id: &WorkerId) -> Result<Option
 /// Every worker, most recently seen first.
 pub async fn list_workers(db: impl PgExecutor<'_>) -> Result<Vec<Worker>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT id, name, status, registered_at, last_seen_at, builds_completed, builds_failed
+        "SELECT id, name, status, registered_at, last_seen_at, builds_completed, builds_failed, platforms
          FROM workers ORDER BY last_seen_at DESC, id",
     )
     .fetch_all(db)
