@@ -63,8 +63,15 @@ pub struct TokenWorker {
 
 /// Resolves a worker token; 401 when unknown or past its grace period.
 pub async fn worker_by_token(state: &BridgeState, token: &str) -> Result<TokenWorker, BridgeError> {
-    match store::workers::find_by_token_hash(&state.backend.pool, &hash_token(token)).await? {
-        Some(identity) => Ok(TokenWorker { identity, token: token.to_owned() }),
+    let hash = hash_token(token);
+    if let Some(identity) = state.cache.worker_by_token(&hash) {
+        return Ok(TokenWorker { identity, token: token.to_owned() });
+    }
+    match store::workers::find_by_token_hash(&state.backend.pool, &hash).await? {
+        Some(identity) => {
+            state.cache.remember_token(hash, identity.clone());
+            Ok(TokenWorker { identity, token: token.to_owned() })
+        }
         None => Err(BridgeError::Unauthorized("Invalid or expired worker token")),
     }
 }

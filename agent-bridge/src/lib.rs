@@ -15,6 +15,7 @@
 //! - `routes`: `workers` (register, poll, unregister, abandon, ...), `upload`,
 //!   `builds` (source, certs, logs, telemetry, heartbeat).
 
+mod cache;
 mod certs;
 pub mod config;
 mod error;
@@ -48,6 +49,8 @@ pub struct BridgeState {
     consumers: Arc<HashMap<Platform, PullConsumer>>,
     /// What this replica knows about waiting jobs.
     signals: Arc<JobSignals>,
+    /// What this replica remembers about workers for a few seconds.
+    cache: Arc<cache::PollCache>,
 }
 
 impl BridgeState {
@@ -60,7 +63,14 @@ impl BridgeState {
     ) -> anyhow::Result<Self> {
         let consumers = backend.queue.job_consumers().await?;
         let signals = JobSignals::start(&backend.queue, consumers.clone(), shutdown).await?;
-        Ok(Self { backend, api_key, config: Arc::new(config), consumers: Arc::new(consumers), signals })
+        Ok(Self {
+            backend,
+            api_key,
+            config: Arc::new(config),
+            consumers: Arc::new(consumers),
+            signals,
+            cache: Default::default(),
+        })
     }
 }
 

@@ -38,6 +38,39 @@ pub struct BenchArgs {
 /// Benchmark scenarios.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Scenario {
+    /// Idle polls (nothing queued), legacy and token auth, at 2 and 32 connections.
+    IdlePoll {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 8)]
+        secs: u64,
+    },
+    /// Submissions of a 10 KiB source at 1, 2 and 32 connections.
+    Submit {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 8)]
+        secs: u64,
+    },
+    /// Latency from a submit answer to a long-polling worker holding the job.
+    Dispatch {
+        /// Builds to time.
+        #[arg(long, default_value_t = 300)]
+        count: usize,
+    },
+    /// The whole protocol: simulated workers poll, download, heartbeat, upload.
+    EndToEnd {
+        /// Builds.
+        #[arg(long, default_value_t = 2000)]
+        builds: usize,
+        /// Simulated workers.
+        #[arg(long, default_value_t = 32)]
+        workers: usize,
+    },
+    /// Thousands of long-polling workers connecting in one burst on one replica.
+    Waiting {
+        /// Workers.
+        #[arg(long, default_value_t = 5000)]
+        workers: usize,
+    },
     /// Upload a large source through `POST /api/builds/submit`, download it back,
     /// and report throughput and the server's peak RSS growth.
     Upload {
@@ -51,14 +84,19 @@ pub enum Scenario {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.scenario {
         Scenario::Upload { size_mib } => upload(&args, size_mib).await,
+        Scenario::IdlePoll { secs } => crate::bench_load::idle_poll(&args, secs).await,
+        Scenario::Submit { secs } => crate::bench_load::submit(&args, secs).await,
+        Scenario::Dispatch { count } => crate::bench_load::dispatch(&args, count).await,
+        Scenario::EndToEnd { builds, workers } => crate::bench_load::end_to_end(&args, builds, workers).await,
+        Scenario::Waiting { workers } => crate::bench_load::waiting(&args, workers).await,
     }
 }
 
 /// A controller child process with its own database, namespace and data dir.
-struct Controller {
+pub(crate) struct Controller {
     child: tokio::process::Child,
-    url: String,
-    key: String,
+    pub(crate) url: String,
+    pub(crate) key: String,
     database_url: String,
     admin_url: String,
     namespace: String,
@@ -67,7 +105,7 @@ struct Controller {
 }
 
 impl Controller {
-    async fn start(args: &BenchArgs, extra_env: &[(&str, String)]) -> anyhow::Result<Self> {
+    pub(crate) async fn start(args: &BenchArgs, extra_env: &[(&str, String)]) -> anyhow::Result<Self> {
         let suffix = dispatcher::auth::generate_token().to_lowercase().replace('-', "_")[..12].to_owned();
         let namespace = format!("bench_{suffix}");
         let mut url = url_parts(&args.database_url)?;
@@ -118,11 +156,11 @@ impl Controller {
         }
     }
 
-    fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         self.child.id()
     }
 
-    async fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(pid) = self.pid()
             && let Ok(pid) = i32::try_from(pid)
             && pid > 1
@@ -161,7 +199,7 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Resident set size and its peak (VmRSS, VmHWM) of a process, in KiB.
-fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+pub(crate) fn memory_kib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         status

@@ -11,6 +11,7 @@
 //! - [`demo`]: the whole loop on one machine.
 
 pub mod bench;
+mod bench_load;
 pub mod cli;
 pub mod client;
 pub mod commands;

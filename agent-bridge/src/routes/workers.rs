@@ -81,6 +81,7 @@ pub async fn register(
         },
     )
     .await?;
+    state.cache.forget(&id);
     // A worker that restarts without its build gives its leases back at once.
     let mut requeued = 0;
     if !created && body.get("active_build_count").and_then(Value::as_i64) == Some(0) {
@@ -138,9 +139,16 @@ pub async fn poll(
             return Err(BridgeError::BadRequest("worker_id required".into()));
         };
         let id = WorkerId::parse(id).map_err(|_| BridgeError::NotFound("Worker not found"))?;
-        let identity = store::workers::find_identity(&state.backend.pool, &id)
-            .await?
-            .ok_or(BridgeError::NotFound("Worker not found"))?;
+        let identity = match state.cache.worker_by_id(&id) {
+            Some(identity) => identity,
+            None => {
+                let identity = store::workers::find_identity(&state.backend.pool, &id)
+                    .await?
+                    .ok_or(BridgeError::NotFound("Worker not found"))?;
+                state.cache.remember_worker(identity.clone());
+                identity
+            }
+        };
         (identity, None)
     };
     let wait = match query.wait.as_deref() {
@@ -152,7 +160,9 @@ pub async fn poll(
             _ => return Err(BridgeError::BadRequest("wait must be a number of seconds".into())),
         },
     };
-    store::workers::touch_seen(&state.backend.pool, &worker.id).await?;
+    if state.cache.seen_due(&worker.id) {
+        store::workers::touch_seen(&state.backend.pool, &worker.id).await?;
+    }
     let job = find_job(&state, &worker, wait).await?;
     let mut answer = json!({ "job": job });
     if let Some(token) = token {
@@ -174,8 +184,17 @@ fn job_json(state: &BridgeState, build: &Build, otp: &str) -> Value {
 }
 
 async fn find_job(state: &BridgeState, worker: &WorkerIdentity, wait: Duration) -> Result<Option<Value>, BridgeError> {
-    let live = store::leases::live_leases_of(&state.backend.pool, &worker.id).await?;
-    if live.len() >= usize::try_from(worker.max_concurrent).unwrap_or(1) {
+    let capacity = usize::try_from(worker.max_concurrent).unwrap_or(1);
+    let known = state.cache.lease_count(&worker.id);
+    let live = match known {
+        Some(count) if count < capacity => Vec::new(),
+        _ => {
+            let live = store::leases::live_leases_of(&state.backend.pool, &worker.id).await?;
+            state.cache.remember_lease_count(&worker.id, live.len());
+            live
+        }
+    };
+    if live.len() >= capacity {
         // A worker at capacity that polls has restarted: hand it its build again.
         for id in &live {
             if let Some((build, otp)) = lease::redeliver(&state.backend, &state.config.lease, worker, id).await? {
@@ -224,6 +243,7 @@ async fn try_fetch(state: &BridgeState, worker: &WorkerIdentity) -> Result<Optio
             };
             match task.await {
                 Ok(Ok(Offer::Granted { build, otp })) => {
+                    state.cache.forget(&worker.id);
                     if more_waiting {
                         state.signals.job_seen(*platform);
                     }
@@ -269,6 +289,7 @@ pub async fn unregister_by_id(
 }
 
 async fn unregister_worker(state: &BridgeState, id: &WorkerId) -> Result<Json<Value>, BridgeError> {
+    state.cache.forget(id);
     let reassigned = give_back_leases(state, id, "Worker unregistered").await?;
     store::workers::set_offline(&state.backend.pool, id).await?;
     let data = json!({ "worker_id": id, "builds_reassigned": reassigned });
