@@ -73,6 +73,10 @@ pub enum OutboxError {
 /// Events published before a failure are marked, the rest wait for the next step.
 pub async fn publish_outbox_step(pool: &PgPool, queue: &Queue) -> Result<usize, OutboxError> {
     let mut tx = pool.begin().await?;
+    // Marking events published need not wait for the WAL flush: an event whose
+    // mark is lost in a crash is published again with the same Nats-Msg-Id, which
+    // JetStream drops as a duplicate.
+    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
     let lock_key = advisory_key(queue.names().namespace(), "outbox");
     let locked: bool =
         sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(lock_key).fetch_one(&mut *tx).await?;

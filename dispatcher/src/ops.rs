@@ -104,7 +104,7 @@ pub async fn enqueue(backend: &Backend, new: NewSubmission<'_>) -> Result<Accept
 pub async fn publish(backend: &Backend, id: &BuildId, platform: Platform, attempt: i32) -> bool {
     match backend.queue.publish_job(id, platform, attempt).await {
         Ok(seq) => {
-            if let Err(e) = store::builds::set_queue_seq(&backend.pool, id, seq).await {
+            if let Err(e) = record_queue_seq(backend, id, seq).await {
                 tracing::warn!(build.id = %id, error = %e, "job published but its sequence was not recorded");
             }
             true
@@ -114,6 +114,17 @@ pub async fn publish(backend: &Backend, id: &BuildId, platform: Platform, attemp
             false
         }
     }
+}
+
+/// Records a job's stream sequence without waiting for the WAL flush: the row
+/// itself is durable already, and a sequence lost in a crash only makes the
+/// republisher publish again, which JetStream deduplicates (same message id).
+async fn record_queue_seq(backend: &Backend, id: &BuildId, seq: u64) -> Result<(), OpsError> {
+    let mut tx = backend.pool.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+    store::builds::set_queue_seq(&mut *tx, id, seq).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Result of a cancellation request.

@@ -23,11 +23,27 @@ use crate::queue::Queue;
 /// How often the consumers' pending counts are read.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Default)]
+/// Fetches of one platform in flight at once on a replica: thousands of pollers
+/// woken together must not all fetch (most would find nothing).
+pub const FETCHES_IN_FLIGHT: usize = 8;
+
+#[derive(Debug)]
 struct Signal {
     generation: AtomicU64,
     maybe: AtomicBool,
     notify: Notify,
+    gate: tokio::sync::Semaphore,
+}
+
+impl Default for Signal {
+    fn default() -> Self {
+        Self {
+            generation: AtomicU64::new(0),
+            maybe: AtomicBool::new(false),
+            notify: Notify::new(),
+            gate: tokio::sync::Semaphore::new(FETCHES_IN_FLIGHT),
+        }
+    }
 }
 
 impl Signal {
@@ -69,6 +85,12 @@ impl JobSignals {
         let signal = self.signal(platform);
         let generation = signal.generation.load(Ordering::SeqCst);
         signal.maybe.load(Ordering::SeqCst).then_some(generation)
+    }
+
+    /// Waits for a turn to fetch for `platform` (at most [`FETCHES_IN_FLIGHT`] at
+    /// once); check [`JobSignals::maybe_available`] again after it.
+    pub async fn fetch_turn(&self, platform: Platform) -> tokio::sync::SemaphorePermit<'_> {
+        self.signal(platform).gate.acquire().await.expect("the gate is never closed")
     }
 
     /// A fetch found nothing: clear the flag unless something was published since

@@ -197,7 +197,9 @@ async fn find_job(state: &BridgeState, worker: &WorkerIdentity, wait: Duration) 
     if live.len() >= capacity {
         // A worker at capacity that polls has restarted: hand it its build again.
         for id in &live {
-            if let Some((build, otp)) = lease::redeliver(&state.backend, &state.config.lease, worker, id).await? {
+            if let Some((build, otp)) =
+                Box::pin(lease::redeliver(&state.backend, &state.config.lease, worker, id)).await?
+            {
                 tracing::info!(build.id = %id, worker.id = %worker.id, "job handed to its owner again");
                 return Ok(Some(job_json(state, &build, &otp)));
             }
@@ -206,7 +208,9 @@ async fn find_job(state: &BridgeState, worker: &WorkerIdentity, wait: Duration) 
     }
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        if let Some(job) = try_fetch(state, worker).await? {
+        // Boxed: a waiting poll then holds only this small loop, not the (large)
+        // fetch-and-offer state machine; thousands of waiters stay cheap.
+        if let Some(job) = Box::pin(try_fetch(state, worker)).await? {
             return Ok(Some(job));
         }
         let now = tokio::time::Instant::now();
@@ -219,6 +223,10 @@ async fn find_job(state: &BridgeState, worker: &WorkerIdentity, wait: Duration) 
 
 async fn try_fetch(state: &BridgeState, worker: &WorkerIdentity) -> Result<Option<Value>, BridgeError> {
     for platform in &worker.platforms {
+        if state.signals.maybe_available(*platform).is_none() {
+            continue;
+        }
+        let _turn = state.signals.fetch_turn(*platform).await;
         let Some(generation) = state.signals.maybe_available(*platform) else { continue };
         let Some(consumer) = state.consumers.get(platform) else { continue };
         for _ in 0..FETCHES_PER_PLATFORM {
