@@ -44,6 +44,12 @@ impl From<Refusal> for BridgeError {
     }
 }
 
+impl From<axum::extract::rejection::JsonRejection> for BridgeError {
+    fn from(e: axum::extract::rejection::JsonRejection) -> Self {
+        BridgeError::BadRequest(format!("Invalid JSON body: {}", e.body_text()))
+    }
+}
+
 impl From<dispatcher::store::StoreError> for BridgeError {
     fn from(e: dispatcher::store::StoreError) -> Self {
         BridgeError::Internal(e.into())

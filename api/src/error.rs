@@ -30,6 +30,12 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(e: axum::extract::rejection::JsonRejection) -> Self {
+        ApiError::BadRequest(format!("Invalid JSON body: {}", e.body_text()))
+    }
+}
+
 impl From<dispatcher::store::StoreError> for ApiError {
     fn from(e: dispatcher::store::StoreError) -> Self {
         ApiError::Internal(e.into())

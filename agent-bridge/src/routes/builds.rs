@@ -149,7 +149,7 @@ pub async fn logs(
 ) -> Result<Json<Value>, BridgeError> {
     let id = parse_id(&id)?;
     owner_activity(&state, &headers, &id, None, false).await?;
-    let Json(body) = body.map_err(|e| BridgeError::BadRequest(format!("Invalid JSON body: {}", e.body_text())))?;
+    let Json(body) = body?;
     let (lines, answer) = if let Some(entries) = body.get("logs").and_then(Value::as_array) {
         if entries.len() > MAX_BATCH {
             return Err(BridgeError::BadRequest(format!("At most {MAX_BATCH} log entries per request")));
@@ -216,7 +216,7 @@ pub async fn telemetry(
     } else {
         owner_activity(&state, &headers, &id, None, true).await?;
     }
-    let Json(body) = body.map_err(|e| BridgeError::BadRequest(format!("Invalid JSON body: {}", e.body_text())))?;
+    let Json(body) = body?;
     let (Some(kind), Some(_), Some(data)) =
         (body.get("type").and_then(Value::as_str), body.get("timestamp"), body.get("data"))
     else {

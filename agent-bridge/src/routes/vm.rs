@@ -43,7 +43,7 @@ pub async fn authenticate(
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<Value>, BridgeError> {
     let id = parse_id(&id)?;
-    let Json(body) = body.map_err(|e| BridgeError::BadRequest(format!("Invalid JSON body: {}", e.body_text())))?;
+    let Json(body) = body?;
     let Some(otp) = body.get("otp").and_then(Value::as_str).filter(|o| !o.is_empty()) else {
         return Err(BridgeError::BadRequest("Missing required parameter: otp".into()));
     };

@@ -26,7 +26,7 @@ const INSTALLER_PLACEHOLDER_ID: &str = "pending-registration";
 const FETCHES_PER_PLATFORM: usize = 4;
 
 fn parse_json(body: Result<Json<Value>, JsonRejection>) -> Result<Value, BridgeError> {
-    body.map(|Json(v)| v).map_err(|e| BridgeError::BadRequest(format!("Invalid JSON body: {}", e.body_text())))
+    Ok(body?.0)
 }
 
 /// Platforms a worker declares: `capabilities.platforms` (workers, mock) or
@@ -338,10 +338,21 @@ pub async fn abandon(
     }
 }
 
-/// Resolves the worker of a JSON worker route: token, or key + `worker_id`.
-async fn json_worker(state: &BridgeState, headers: &HeaderMap, body: &Value) -> Result<WorkerId, BridgeError> {
+/// Reads a JSON worker route about one build: `{build_id, worker_id?, ...}`, the
+/// worker by token or key + `worker_id`.
+async fn build_report(
+    state: &BridgeState,
+    headers: &HeaderMap,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<(WorkerId, BuildId, Value), BridgeError> {
+    let body = parse_json(body)?;
     let claimed = body.get("worker_id").and_then(Value::as_str).or(header(headers, WORKER_ID));
-    crate::extract::build_actor(state, headers, claimed, None).await.map(|a| a.worker)
+    let worker = crate::extract::build_actor(state, headers, claimed, None).await?.worker;
+    let Some(build) = body.get("build_id").and_then(Value::as_str) else {
+        return Err(BridgeError::BadRequest("build_id required".into()));
+    };
+    let id = BuildId::parse(build).map_err(|_| BridgeError::NotFound("Build not found"))?;
+    Ok((worker, id, body))
 }
 
 /// `POST /api/workers/heartbeat` `{build_id}`: the owner is alive.
@@ -350,12 +361,7 @@ pub async fn heartbeat(
     headers: HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<Value>, BridgeError> {
-    let body = parse_json(body)?;
-    let worker = json_worker(&state, &headers, &body).await?;
-    let Some(build) = body.get("build_id").and_then(Value::as_str) else {
-        return Err(BridgeError::BadRequest("build_id required".into()));
-    };
-    let id = BuildId::parse(build).map_err(|_| BridgeError::NotFound("Build not found"))?;
+    let (worker, id, _) = build_report(&state, &headers, body).await?;
     lease::touch(&state.backend, &state.config.lease, &id, &worker).await??;
     Ok(Json(json!({ "success": true })))
 }
@@ -366,12 +372,7 @@ pub async fn fail(
     headers: HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<Value>, BridgeError> {
-    let body = parse_json(body)?;
-    let worker = json_worker(&state, &headers, &body).await?;
-    let Some(build) = body.get("build_id").and_then(Value::as_str) else {
-        return Err(BridgeError::BadRequest("build_id required".into()));
-    };
-    let id = BuildId::parse(build).map_err(|_| BridgeError::NotFound("Build not found"))?;
+    let (worker, id, body) = build_report(&state, &headers, body).await?;
     let message = body.get("error").and_then(Value::as_str).filter(|m| !m.is_empty()).unwrap_or("Build failed");
     let message: String = message.chars().take(4000).collect();
     lease::fail(&state.backend, &id, &worker, &message).await??;

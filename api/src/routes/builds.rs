@@ -102,6 +102,19 @@ pub async fn logs(State(state): State<ApiState>, access: BuildAccess) -> Result<
     Ok(Json(json!({ "build_id": b.id, "logs": logs })))
 }
 
+/// A streamed file download.
+fn attachment(reader: dispatcher::blobs::BlobReader, content_type: &str, filename: &str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")),
+            (header::CONTENT_LENGTH, reader.size.to_string()),
+        ],
+        Body::from_stream(reader.stream),
+    )
+        .into_response()
+}
+
 /// `GET /api/builds/{id}/download`: the artifact, streamed.
 pub async fn download(State(state): State<ApiState>, access: BuildAccess) -> Result<Response, ApiError> {
     let b = access.load(&state).await?;
@@ -116,15 +129,7 @@ pub async fn download(State(state): State<ApiState>, access: BuildAccess) -> Res
         return Err(ApiError::NotFound("Build result not found"));
     };
     let filename = format!("{}.{}", b.id, b.platform.artifact_extension());
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")),
-            (header::CONTENT_LENGTH, reader.size.to_string()),
-        ],
-        Body::from_stream(reader.stream),
-    )
-        .into_response())
+    Ok(attachment(reader, "application/octet-stream", &filename))
 }
 
 /// `GET /api/builds/{id}/download/{kind}` (`source` or `result`), as the Elixir
@@ -141,16 +146,7 @@ pub async fn download_kind(
             let Some(reader) = state.backend.blobs.read(&BlobKey::Source(b.id.clone())).await? else {
                 return Err(ApiError::NotFound("Build source not found"));
             };
-            let filename = format!("{}.zip", b.id);
-            Ok((
-                [
-                    (header::CONTENT_TYPE, "application/zip".to_owned()),
-                    (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")),
-                    (header::CONTENT_LENGTH, reader.size.to_string()),
-                ],
-                Body::from_stream(reader.stream),
-            )
-                .into_response())
+            Ok(attachment(reader, "application/zip", &format!("{}.zip", b.id)))
         }
         _ => Err(ApiError::BadRequest("Invalid file type".into())),
     }

@@ -41,7 +41,7 @@ pub async fn report(
     _key: AdminKey,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError::BadRequest(format!("Invalid JSON body: {}", e.body_text())))?;
+    let Json(body) = body?;
     let (Some(worker_id), Some(status), Some(duration), Some(checks)) =
         (body.get("worker_id"), body.get("status"), body.get("duration_ms"), body.get("checks"))
     else {

@@ -55,7 +55,7 @@ pub async fn create(
     _key: AdminKey,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError::BadRequest(format!("Invalid JSON body: {}", e.body_text())))?;
+    let Json(body) = body?;
     let Some(url) = body.get("url").and_then(Value::as_str) else {
         return Err(ApiError::BadRequest("url required".into()));
     };
