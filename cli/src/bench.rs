@@ -115,7 +115,18 @@ impl Controller {
         let data_dir = std::env::temp_dir().join(format!("freeagent-bench-{suffix}"));
         let port = free_port()?;
         let key = dispatcher::auth::generate_token();
-        let mut command = tokio::process::Command::new(std::env::current_exe()?);
+        // FREEAGENT_BENCH_SERVER_WRAPPER (e.g. "heaptrack -o /tmp/heap") runs the
+        // controller under a profiler.
+        let wrapper = std::env::var("FREEAGENT_BENCH_SERVER_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut command = tokio::process::Command::new(program);
+                command.args(words).arg(std::env::current_exe()?);
+                command
+            }
+            None => tokio::process::Command::new(std::env::current_exe()?),
+        };
         command
             .args(["serve", "--port", &port.to_string()])
             .env("DATABASE_URL", &database_url)

