@@ -11,6 +11,7 @@ mod health;
 mod leases;
 mod replays;
 mod resilience;
+mod secrets;
 mod stats;
 mod streams;
 mod submit;
