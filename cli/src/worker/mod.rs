@@ -245,7 +245,7 @@ enum Stop {
     Shutdown,
 }
 
-async fn build(session: &Session, job: &Value, shutdown: &CancellationToken) -> anyhow::Result<String> {
+async fn build(session: &Arc<Session>, job: &Value, shutdown: &CancellationToken) -> anyhow::Result<String> {
     let id = job["id"].as_str().context("job without id")?.to_owned();
     let base = session.args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     let workdir = tempfile::Builder::new().prefix("freeagent-build-").tempdir_in(base)?;
@@ -294,8 +294,8 @@ async fn build(session: &Session, job: &Value, shutdown: &CancellationToken) -> 
     drop(lines_tx);
     let gone = CancellationToken::new();
     let tail = Arc::new(tokio::sync::Mutex::new(VecDeque::with_capacity(TAIL)));
-    let shipper = tokio::spawn(ship_logs(session_clone(session), id.clone(), lines_rx, tail.clone(), gone.clone()));
-    let beats = tokio::spawn(heartbeats(session_clone(session), id.clone(), gone.clone()));
+    let shipper = tokio::spawn(ship_logs(session.clone(), id.clone(), lines_rx, tail.clone(), gone.clone()));
+    let beats = tokio::spawn(heartbeats(session.clone(), id.clone(), gone.clone()));
 
     let timeout = Duration::from_secs(session.args.timeout_secs);
     let outcome = tokio::select! {
@@ -337,35 +337,12 @@ async fn build(session: &Session, job: &Value, shutdown: &CancellationToken) -> 
     }
 }
 
-fn session_clone(session: &Session) -> Arc<SessionRef> {
-    Arc::new(SessionRef {
-        url: session.url.clone(),
-        http: session.http.clone(),
-        token: session.token.try_read().map(|t| t.clone()).unwrap_or_default(),
-        heartbeat_every: Duration::from_secs(session.args.heartbeat_secs.max(1)),
-    })
-}
-
-/// What the log shipper and heartbeats need (the token of the moment the build began).
-struct SessionRef {
-    url: String,
-    http: reqwest::Client,
-    token: String,
-    heartbeat_every: Duration,
-}
-
-impl SessionRef {
-    fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        self.http.post(format!("{}{path}", self.url)).header("X-Worker-Token", &self.token)
-    }
-}
-
 fn refused(status: StatusCode) -> bool {
     status == StatusCode::CONFLICT || status == StatusCode::FORBIDDEN || status == StatusCode::NOT_FOUND
 }
 
 async fn ship_logs(
-    session: Arc<SessionRef>,
+    session: Arc<Session>,
     id: String,
     mut lines: mpsc::Receiver<(String, String)>,
     tail: Arc<tokio::sync::Mutex<VecDeque<String>>>,
@@ -395,24 +372,24 @@ async fn ship_logs(
             continue;
         }
         let body = json!({ "logs": std::mem::take(&mut batch) });
-        match session.post(&path).json(&body).send().await {
+        match session.request(Method::POST, &path).await.json(&body).send().await {
             Ok(r) if refused(r.status()) => gone.cancel(),
             _ => {}
         }
     }
 }
 
-async fn heartbeats(session: Arc<SessionRef>, id: String, gone: CancellationToken) {
+async fn heartbeats(session: Arc<Session>, id: String, gone: CancellationToken) {
     let path = format!("/api/builds/{id}/heartbeat");
     loop {
-        match session.post(&path).json(&json!({})).send().await {
+        match session.request(Method::POST, &path).await.json(&json!({})).send().await {
             Ok(r) if refused(r.status()) => {
                 gone.cancel();
                 return;
             }
             _ => {}
         }
-        tokio::time::sleep(session.heartbeat_every).await;
+        tokio::time::sleep(Duration::from_secs(session.args.heartbeat_secs.max(1))).await;
     }
 }
 
