@@ -41,19 +41,6 @@ pub struct BridgeArgs {
     pub max_result_bytes: u64,
 }
 
-impl Default for BridgeArgs {
-    fn default() -> Self {
-        Self {
-            base_image_id: DEFAULT_BASE_IMAGE_ID.to_owned(),
-            legacy_worker_auth: true,
-            keyless_telemetry: true,
-            open_vm_status: false,
-            max_poll_wait_secs: 30,
-            max_result_bytes: 1024 * MIB,
-        }
-    }
-}
-
 /// Resolved settings of the agent bridge.
 #[derive(Debug, Clone)]
 pub struct BridgeConfig {

@@ -24,12 +24,6 @@ pub struct ApiArgs {
     pub stats_cache_ms: u64,
 }
 
-impl Default for ApiArgs {
-    fn default() -> Self {
-        Self { max_source_bytes: 500 * MIB, max_certs_bytes: 10 * MIB, stats_cache_ms: 10_000 }
-    }
-}
-
 /// Resolved settings of the api service.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -48,11 +42,5 @@ impl From<&ApiArgs> for ApiConfig {
             max_certs_bytes: args.max_certs_bytes,
             stats_cache: Duration::from_millis(args.stats_cache_ms),
         }
-    }
-}
-
-impl Default for ApiConfig {
-    fn default() -> Self {
-        Self::from(&ApiArgs::default())
     }
 }

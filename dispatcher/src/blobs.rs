@@ -222,11 +222,6 @@ impl BlobWriter {
         Ok(())
     }
 
-    /// Bytes written so far.
-    pub fn written(&self) -> u64 {
-        self.written
-    }
-
     /// Completes the upload and returns its size.
     pub async fn finish(mut self) -> Result<u64, WriteError> {
         let inner = self.inner.take().expect("finish after abort");

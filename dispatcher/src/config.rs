@@ -99,20 +99,6 @@ pub struct LeaseArgs {
     pub reaper_interval_ms: u64,
 }
 
-impl Default for LeaseArgs {
-    fn default() -> Self {
-        Self {
-            lease_ttl_secs: 120,
-            max_build_secs: 9000,
-            max_attempts: 3,
-            otp_ttl_secs: 600,
-            worker_offline_secs: 300,
-            worker_token_grace_secs: 600,
-            reaper_interval_ms: 5000,
-        }
-    }
-}
-
 /// Background loops.
 #[derive(Debug, Clone, Args)]
 pub struct LoopArgs {
@@ -126,11 +112,5 @@ impl LoopArgs {
     /// [`LoopArgs::republish_interval_ms`] as a duration.
     pub fn republish_interval(&self) -> Duration {
         Duration::from_millis(self.republish_interval_ms)
-    }
-}
-
-impl Default for LoopArgs {
-    fn default() -> Self {
-        Self { republish_interval_ms: 1000 }
     }
 }

@@ -57,19 +57,6 @@ pub struct WebhookArgs {
     pub webhook_interval_ms: u64,
 }
 
-impl Default for WebhookArgs {
-    fn default() -> Self {
-        Self {
-            webhook_timeout_ms: 10_000,
-            webhook_max_attempts: 12,
-            webhook_backoff_ms: 2_000,
-            webhook_max_backoff_ms: 3_600_000,
-            webhook_disable_after_secs: 86_400,
-            webhook_interval_ms: 500,
-        }
-    }
-}
-
 /// `sha256=<hex>` of the HMAC-SHA256 of `body` under `secret`.
 pub fn signature(secret: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
@@ -200,7 +187,14 @@ mod tests {
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {
-        let args = WebhookArgs { webhook_backoff_ms: 1000, webhook_max_backoff_ms: 10_000, ..Default::default() };
+        let args = WebhookArgs {
+            webhook_timeout_ms: 10_000,
+            webhook_max_attempts: 12,
+            webhook_backoff_ms: 1000,
+            webhook_max_backoff_ms: 10_000,
+            webhook_disable_after_secs: 86_400,
+            webhook_interval_ms: 500,
+        };
         for attempts in 0..20 {
             let ceiling = (1000u64 << attempts.min(20)).min(10_000);
             let d = backoff(&args, attempts).as_millis() as u64;

@@ -18,7 +18,7 @@ pub async fn health(State(state): State<ApiState>) -> Result<Json<Value>, ApiErr
     Ok(Json(json!({
         "status": "ok",
         "queue": { "pending": pending, "active": active, "total": pending + active },
-        "storage": { "url": state.backend.blobs.description(), "exists": true },
+        "storage": { "url": state.backend.blobs.description() },
         "nats": nats,
     })))
 }

@@ -31,8 +31,6 @@ pub struct Build {
     pub lease_reply: Option<String>,
     /// Our deadline of the live lease.
     pub lease_expires_at: Option<DateTime<Utc>>,
-    /// When JetStream's deadline was last reset (delivery or `+WPI`).
-    pub lease_renewed_at: Option<DateTime<Utc>>,
     /// Object path of the accepted artifact.
     pub result_key: Option<String>,
     /// Why the build failed (or "Build cancelled by user").
@@ -71,7 +69,6 @@ struct BuildRow {
     queue_seq: Option<i64>,
     lease_reply: Option<String>,
     lease_expires_at: Option<DateTime<Utc>>,
-    lease_renewed_at: Option<DateTime<Utc>>,
     result_key: Option<String>,
     error_message: Option<String>,
     retry_of: Option<String>,
@@ -87,7 +84,7 @@ macro_rules! select_builds {
     ($rest:literal) => {
         concat!(
             "SELECT id, platform, status, token_hash, source_bytes, certs_bytes, worker_id, attempt, ",
-            "queue_seq, lease_reply, lease_expires_at, lease_renewed_at, result_key, error_message, retry_of, submitted_at, assigned_at, ",
+            "queue_seq, lease_reply, lease_expires_at, result_key, error_message, retry_of, submitted_at, assigned_at, ",
             "started_at, completed_at, last_heartbeat_at FROM builds ",
             $rest
         )
@@ -111,7 +108,6 @@ impl TryFrom<BuildRow> for Build {
             queue_seq: r.queue_seq,
             lease_reply: r.lease_reply,
             lease_expires_at: r.lease_expires_at,
-            lease_renewed_at: r.lease_renewed_at,
             result_key: r.result_key,
             error_message: r.error_message,
             submitted_at: r.submitted_at,

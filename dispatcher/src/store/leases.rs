@@ -7,7 +7,6 @@
 use sqlx::PgExecutor;
 
 use super::StoreError;
-use super::builds::Build;
 use crate::model::{BuildId, WorkerId};
 
 /// What a grant writes.
@@ -239,11 +238,6 @@ pub async fn overdue(db: impl PgExecutor<'_>, max_secs: f64, limit: i64) -> Resu
 
 fn ids(raw: Vec<String>) -> Result<Vec<BuildId>, StoreError> {
     raw.into_iter().map(|id| BuildId::try_from(id).map_err(|_| StoreError::Corrupt("build id".into()))).collect()
-}
-
-/// Whether `build` is leased to `worker` right now (status and owner only).
-pub fn is_owned_by(build: &Build, worker: &WorkerId) -> bool {
-    build.status.is_leased() && build.worker_id.as_ref() == Some(worker)
 }
 
 /// Why a one-time code was not exchanged.
