@@ -21,6 +21,9 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Run a benchmark against a controller this command starts itself.
     Bench(crate::bench::BenchArgs),
+    /// Break things on purpose: replicas, workers, NATS and Postgres connections fail
+    /// while builds flow; exits non-zero when a lease invariant breaks.
+    Chaos(crate::chaos::ChaosArgs),
     /// Run a reference worker (Linux builds driven by a shell command).
     Worker(Box<crate::worker::WorkerArgs>),
     /// Show the whole loop on this machine: controller, worker, submission, logs, artifact.

@@ -6,12 +6,14 @@
 //! - [`cli`]: the command line (clap derive, every setting also an environment variable).
 //! - [`startup`]: [`startup::Application`]: build → `port()` → `run_until_stopped()`.
 //! - [`bench`]: `freeagent bench ...`, numbers printed, not asserted.
+//! - [`chaos`]: `freeagent chaos`, the lease invariants under crashes and restarts.
 //! - [`client`]: submit, status, logs, download, cancel, retry, list, workers.
 //! - [`worker`]: the reference worker for Linux hosts.
 //! - [`demo`]: the whole loop on one machine.
 
 pub mod bench;
 mod bench_load;
+pub mod chaos;
 pub mod cli;
 pub mod client;
 pub mod commands;

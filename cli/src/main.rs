@@ -10,6 +10,7 @@ async fn main() -> std::process::ExitCode {
         Command::Serve(args) => freeagent::commands::serve(*args).await,
         Command::Migrate(args) => freeagent::commands::migrate(args).await,
         Command::Bench(args) => freeagent::bench::run(args).await,
+        Command::Chaos(args) => freeagent::chaos::run(args).await,
         Command::Worker(args) => freeagent::worker::run(*args).await,
         Command::Demo(args) => freeagent::demo::run(args).await,
         Command::Client(command) => {

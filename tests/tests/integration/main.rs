@@ -3,6 +3,7 @@
 
 mod authz;
 mod builds;
+mod chaos;
 mod cli_and_worker;
 mod concurrency;
 mod diagnostics;
