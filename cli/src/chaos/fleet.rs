@@ -92,6 +92,18 @@ pub struct Slot {
     pub id: Mutex<Option<String>>,
     /// The build being worked on.
     pub busy_with: Mutex<Option<String>>,
+    /// Until when the worker hangs before its next request on a build (like a
+    /// SIGSTOP): longer than the lease, so it comes back late and must be fenced.
+    pub stalled_until: Mutex<Option<Instant>>,
+}
+
+impl Slot {
+    async fn wait_if_stalled(&self) {
+        let until = self.stalled_until.lock().await.take();
+        if let Some(until) = until {
+            tokio::time::sleep_until(until.into()).await;
+        }
+    }
 }
 
 /// One incarnation of a simulated worker; runs until aborted.
@@ -133,7 +145,7 @@ pub async fn work(shared: Shared, slot: Arc<Slot>, name: String, keep_id: bool, 
         let Some(id) = job else { continue };
         shared.ledger.granted(&id, &worker.id, Instant::now());
         *slot.busy_with.lock().await = Some(id.clone());
-        build(&shared, &http, &mut rng, &worker, &id).await;
+        build(&shared, &slot, &http, &mut rng, &worker, &id).await;
         *slot.busy_with.lock().await = None;
     }
 }
@@ -180,12 +192,14 @@ enum Answer {
 /// replicas) on connection errors and 5xx, as a worker behind a load balancer does.
 async fn on_build(
     shared: &Shared,
+    slot: &Slot,
     rng: &mut StdRng,
     build: &str,
     worker: &Worker,
     request: impl Fn(&str) -> reqwest::RequestBuilder,
 ) -> Answer {
     for _ in 0..40 {
+        slot.wait_if_stalled().await;
         let sent = Instant::now();
         match request(shared.pick(rng)).header("X-Worker-Token", &worker.token).send().await {
             Ok(r) if r.status().is_success() => {
@@ -202,8 +216,9 @@ async fn on_build(
     Answer::Lost
 }
 
-async fn build(shared: &Shared, http: &reqwest::Client, rng: &mut StdRng, worker: &Worker, id: &str) {
-    let source = on_build(shared, rng, id, worker, |base| http.get(format!("{base}/api/builds/{id}/source"))).await;
+async fn build(shared: &Shared, slot: &Slot, http: &reqwest::Client, rng: &mut StdRng, worker: &Worker, id: &str) {
+    let source =
+        on_build(shared, slot, rng, id, worker, |base| http.get(format!("{base}/api/builds/{id}/source"))).await;
     let Answer::Accepted(source) = source else { return };
     match source.bytes().await {
         Ok(bytes) => shared.ledger.downloaded(id, sha(&bytes)),
@@ -214,7 +229,7 @@ async fn build(shared: &Shared, http: &reqwest::Client, rng: &mut StdRng, worker
     for _ in 0..rng.random_range(1..4) {
         tokio::time::sleep(Duration::from_millis(rng.random_range(50..300))).await;
         let progress = rng.random_range(1..100);
-        let heartbeat = on_build(shared, rng, id, worker, |base| {
+        let heartbeat = on_build(shared, slot, rng, id, worker, |base| {
             http.post(format!("{base}/api/builds/{id}/heartbeat?worker_id={}", worker.id))
                 .json(&json!({ "progress": progress }))
         })
@@ -225,13 +240,14 @@ async fn build(shared: &Shared, http: &reqwest::Client, rng: &mut StdRng, worker
     }
     let logs = json!({ "logs": [{ "level": "info", "message": format!("built on {}", worker.id) }] });
     if let Answer::Lost =
-        on_build(shared, rng, id, worker, |base| http.post(format!("{base}/api/builds/{id}/logs")).json(&logs)).await
+        on_build(shared, slot, rng, id, worker, |base| http.post(format!("{base}/api/builds/{id}/logs")).json(&logs))
+            .await
     {
         return;
     }
     let success = !rng.random_bool(shared.fail_rate);
     let result = artifact(id, &worker.id);
-    let upload = on_build(shared, rng, id, worker, |base| {
+    let upload = on_build(shared, slot, rng, id, worker, |base| {
         let form = reqwest::multipart::Form::new()
             .text("build_id", id.to_owned())
             .text("worker_id", worker.id.clone())

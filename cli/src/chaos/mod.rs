@@ -6,7 +6,8 @@
 //! `--workers` simulated workers and a few submitters that speak the real HTTP
 //! protocol to a random replica per request. While builds flow, a fault injector
 //! SIGKILLs and restarts replicas, kills workers mid-build (a new incarnation
-//! re-registers, with its old id or a fresh one), SIGKILLs and restarts the NATS
+//! re-registers, with its old id or a fresh one), stalls workers mid-build for
+//! longer than the lease (they come back late and must be refused), SIGKILLs and restarts the NATS
 //! server and cuts the replicas' Postgres connections (`pg_terminate_backend`).
 //! When most builds are done the faults stop; the run waits for every build to
 //! reach a terminal state and checks:
@@ -114,6 +115,7 @@ pub struct ChaosArgs {
 struct Faults {
     replica_kills: u32,
     worker_kills: u32,
+    worker_stalls: u32,
     nats_restarts: u32,
     pg_cuts: u32,
     pg_connections_cut: i64,
@@ -124,6 +126,7 @@ struct Faults {
 enum Fault {
     KillReplica,
     KillWorker,
+    StallWorker,
     RestartNats,
     CutPostgres,
 }
@@ -222,7 +225,8 @@ async fn exercise(
     // The fault phase.
     let mut rng = StdRng::seed_from_u64(seed);
     let mut faults = Faults::default();
-    let mut schedule = vec![Fault::KillReplica, Fault::KillWorker, Fault::RestartNats, Fault::CutPostgres];
+    let mut schedule =
+        vec![Fault::KillReplica, Fault::KillWorker, Fault::StallWorker, Fault::RestartNats, Fault::CutPostgres];
     for i in (1..schedule.len()).rev() {
         schedule.swap(i, rng.random_range(0..=i));
     }
@@ -237,9 +241,10 @@ async fn exercise(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let fault = schedule.pop().unwrap_or_else(|| match rng.random_range(0..100) {
-            0..30 => Fault::KillReplica,
-            30..65 => Fault::KillWorker,
-            65..75 => Fault::RestartNats,
+            0..25 => Fault::KillReplica,
+            25..50 => Fault::KillWorker,
+            50..70 => Fault::StallWorker,
+            70..80 => Fault::RestartNats,
             _ => Fault::CutPostgres,
         });
         match fault {
@@ -278,6 +283,21 @@ async fn exercise(
                 ));
                 faults.worker_kills += 1;
             }
+            Fault::StallWorker => {
+                let mut busy = Vec::new();
+                for slot in &slots {
+                    if slot.busy_with.lock().await.is_some() {
+                        busy.push(slot.clone());
+                    }
+                }
+                if !busy.is_empty() {
+                    let victim = &busy[rng.random_range(0..busy.len())];
+                    let hang =
+                        Duration::from_secs(args.lease_ttl_secs) + Duration::from_millis(rng.random_range(500..3000));
+                    *victim.stalled_until.lock().await = Some(Instant::now() + hang);
+                    faults.worker_stalls += 1;
+                }
+            }
             Fault::RestartNats => {
                 nats.restart(Duration::from_millis(rng.random_range(300..2000))).await?;
                 faults.nats_restarts += 1;
@@ -315,9 +335,10 @@ async fn exercise(
     let elapsed = started.elapsed();
 
     println!(
-        "faults: {} replica kills, {} worker kills, {} NATS restarts, {} Postgres cuts ({} connections), {} unexpected replica exits",
+        "faults: {} replica kills, {} worker kills, {} worker stalls, {} NATS restarts, {} Postgres cuts ({} connections), {} unexpected replica exits",
         faults.replica_kills,
         faults.worker_kills,
+        faults.worker_stalls,
         faults.nats_restarts,
         faults.pg_cuts,
         faults.pg_connections_cut,
