@@ -9,6 +9,7 @@ use axum::Router;
 use axum::http::{Request, StatusCode};
 use dispatcher::Backend;
 use dispatcher::auth::{ApiKey, KeySource, load_or_generate_api_key};
+use dispatcher::crypto::{EncryptionKey, load_or_generate_key};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -33,12 +34,16 @@ impl Application {
     /// builds the routers of the configured role and binds the listening socket.
     pub async fn build(settings: ServeArgs) -> anyhow::Result<Self> {
         let (api_key, key_source) = load_or_generate_api_key(settings.api_key.as_deref(), &settings.blobs.data_dir)?;
+        let (encryption, encryption_source) =
+            load_or_generate_key(settings.blobs.encryption_key.as_ref(), &settings.blobs.data_dir)?;
+        log_encryption_key(&encryption, &encryption_source);
         let backend = Backend::setup(
             &settings.database,
             &settings.nats,
             &settings.blobs,
             &settings.lease,
             Duration::from_secs(settings.events_max_age_secs),
+            encryption,
         )
         .await?;
 
@@ -137,6 +142,24 @@ impl Application {
         reaper.await.ok();
         webhooks.await.ok();
         served.context("the HTTP server failed")
+    }
+}
+
+/// Says where the encryption key came from (its id, never the key: replicas that
+/// log different ids do not share a key).
+fn log_encryption_key(key: &EncryptionKey, source: &KeySource) {
+    let id = key.id();
+    match source {
+        KeySource::Configured => tracing::info!(key.id = %id, "using the encryption key from FREEAGENT_ENCRYPTION_KEY"),
+        KeySource::File(path) => {
+            tracing::info!(key.id = %id, path = %path.display(), "using the encryption key kept in the data directory");
+        }
+        KeySource::Generated(path) => tracing::warn!(
+            key.id = %id,
+            path = %path.display(),
+            "generated a new encryption key and kept it in the data directory; every replica must use this same key \
+             (FREEAGENT_ENCRYPTION_KEY) and losing it loses the stored certificates and webhook secrets"
+        ),
     }
 }
 

@@ -126,7 +126,8 @@ pub fn load_or_generate_api_key(configured: Option<&str>, data_dir: &Path) -> Re
     }
 }
 
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+/// Writes a new file readable only by its owner (mode 0600 on Unix).
+pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
