@@ -66,6 +66,10 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        (status, Json(serde_json::json!({ "error": message }))).into_response()
+        let mut response = (status, Json(serde_json::json!({ "error": message }))).into_response();
+        if matches!(self, ApiError::Unauthorized(_) | ApiError::Forbidden(_)) {
+            response.extensions_mut().insert(dispatcher::auth::AuthFailure);
+        }
+        response
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //!
+//! - [`auth_limit`]: failed-authentication limits per client address (429).
 //! - [`cli`]: the command line (clap derive, every setting also an environment variable).
 //! - [`startup`]: [`startup::Application`]: build → `port()` → `run_until_stopped()`.
 //! - [`bench`]: `freeagent bench ...`, numbers printed, not asserted.
@@ -10,6 +11,7 @@
 //! - [`worker`]: the reference worker for Linux hosts.
 //! - [`demo`]: the whole loop on one machine.
 
+pub mod auth_limit;
 pub mod bench;
 mod bench_load;
 pub mod cli;

@@ -2,6 +2,7 @@
 //! the tests start on port 0.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::auth_limit::{FailedAuthLimiter, limit_failed_auth};
 use crate::cli::ServeArgs;
 
 /// A controller that is bound to its port and ready to run.
@@ -59,15 +61,20 @@ impl Application {
                 agent_bridge::BridgeState::start(backend.clone(), api_key.clone(), config, shutdown.clone()).await?;
             router = router.merge(agent_bridge::router(state));
         }
-        let router = router.fallback(not_found).method_not_allowed_fallback(method_not_allowed).layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &Request<_>| {
-                    // Path only: no query string, no headers (credentials live there).
-                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
-                })
-                .on_request(())
-                .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
-        );
+        let limiter = Arc::new(FailedAuthLimiter::new(&settings.auth_limit));
+        let router = router
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(axum::middleware::from_fn_with_state(limiter, limit_failed_auth))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(|request: &Request<_>| {
+                        // Path only: no query string, no headers (credentials live there).
+                        tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+                    })
+                    .on_request(())
+                    .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
+            );
 
         let addr: SocketAddr = format!("{}:{}", settings.host, settings.port)
             .parse()
@@ -134,9 +141,11 @@ impl Application {
                 }
             }
         };
-        // `into_make_service` resolves the router once; serving a `Router` directly
-        // rebuilds its route table for every connection (about 70 KiB each).
-        let served = axum::serve(self.listener, self.router.into_make_service()).with_graceful_shutdown(signal).await;
+        // A make-service resolves the router once; serving a `Router` directly
+        // rebuilds its route table for every connection (about 70 KiB each). The
+        // peer address is what the failed-authentication limiter counts by.
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, service).with_graceful_shutdown(signal).await;
         shutdown.cancel();
         background.await.ok();
         reaper.await.ok();

@@ -12,6 +12,13 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+/// Marks an HTTP answer as a failed authentication: a credential that is missing,
+/// unknown, expired or wrong (401/403 from a credential check, never a refusal of
+/// an authenticated caller such as "not this build's worker"). The services put it
+/// in the response extensions; the failed-authentication limiter counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthFailure;
+
 /// Shortest API key accepted from configuration (the original controller's rule).
 pub const MIN_API_KEY_LEN: usize = 16;
 

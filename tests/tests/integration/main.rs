@@ -1,6 +1,7 @@
 //! Integration and end-to-end tests of Free Agent Dispatcher against the real
 //! Postgres and NATS servers: one binary, one module per area.
 
+mod auth_limits;
 mod authz;
 mod builds;
 mod cli_and_worker;
