@@ -50,6 +50,9 @@ impl From<Refusal> for BridgeError {
 
 impl From<axum::extract::rejection::JsonRejection> for BridgeError {
     fn from(e: axum::extract::rejection::JsonRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return BridgeError::TooLarge("Request body too large");
+        }
         BridgeError::BadRequest(format!("Invalid JSON body: {}", e.body_text()))
     }
 }

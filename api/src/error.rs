@@ -32,6 +32,9 @@ pub enum ApiError {
 
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(e: axum::extract::rejection::JsonRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::TooLarge("Request body too large");
+        }
         ApiError::BadRequest(format!("Invalid JSON body: {}", e.body_text()))
     }
 }

@@ -122,6 +122,10 @@ pub struct ServeArgs {
     /// Failed-authentication limits.
     #[command(flatten)]
     pub auth_limit: crate::auth_limit::AuthLimitArgs,
+
+    /// Request size limits.
+    #[command(flatten)]
+    pub request_limits: crate::request_limits::RequestLimitArgs,
 }
 
 /// Settings of `freeagent migrate`.

@@ -7,6 +7,7 @@
 //! - [`cli`]: the command line (clap derive, every setting also an environment variable).
 //! - [`startup`]: [`startup::Application`]: build → `port()` → `run_until_stopped()`.
 //! - [`bench`]: `freeagent bench ...`, numbers printed, not asserted.
+//! - [`request_limits`]: body limit of the JSON routes, JSON rejections, header limits.
 //! - [`client`]: submit, status, logs, download, cancel, retry, list, workers.
 //! - [`worker`]: the reference worker for Linux hosts.
 //! - [`demo`]: the whole loop on one machine.
@@ -18,5 +19,6 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod demo;
+pub mod request_limits;
 pub mod startup;
 pub mod worker;

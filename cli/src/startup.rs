@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::{Request, StatusCode};
 use dispatcher::Backend;
 use dispatcher::auth::{ApiKey, KeySource, load_or_generate_api_key};
@@ -18,6 +19,7 @@ use tracing::Level;
 
 use crate::auth_limit::{FailedAuthLimiter, limit_failed_auth};
 use crate::cli::ServeArgs;
+use crate::request_limits::json_errors;
 
 /// A controller that is bound to its port and ready to run.
 pub struct Application {
@@ -66,6 +68,9 @@ impl Application {
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(axum::middleware::from_fn_with_state(limiter, limit_failed_auth))
+            // Upload routes set their own, larger limit (an inner layer wins).
+            .layer(DefaultBodyLimit::max(settings.request_limits.max_json_bytes))
+            .layer(axum::middleware::from_fn(json_errors))
             .layer(
                 TraceLayer::new_for_http()
                     .make_span_with(|request: &Request<_>| {

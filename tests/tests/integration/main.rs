@@ -12,6 +12,7 @@ mod events;
 mod health;
 mod leases;
 mod replays;
+mod request_limits;
 mod resilience;
 mod secrets;
 mod stats;
