@@ -1,6 +1,7 @@
 //! Integration and end-to-end tests of Free Agent Dispatcher against the real
 //! Postgres and NATS servers: one binary, one module per area.
 
+mod archives;
 mod auth_limits;
 mod authz;
 mod builds;
@@ -9,6 +10,7 @@ mod concurrency;
 mod diagnostics;
 mod encryption;
 mod events;
+mod fuzz;
 mod health;
 mod leases;
 mod replays;
