@@ -84,7 +84,7 @@ fn form() -> impl Strategy<Value = Vec<Part>> {
         prop::option::weighted(0.8, file("source")),
         prop::option::weighted(0.8, platform),
         prop::option::weighted(0.4, file("certs")),
-        prop::collection::vec(part(), 0..3),
+        prop::collection::vec(part(), 0..2),
     )
         .prop_map(|(source, platform, certs, extra)| {
             source.into_iter().chain(platform).chain(certs).chain(extra).collect()
@@ -93,7 +93,7 @@ fn form() -> impl Strategy<Value = Vec<Part>> {
 
 fn submission() -> impl Strategy<Value = Submission> {
     let damage = prop_oneof![
-        4 => Just(Damage::None),
+        8 => Just(Damage::None),
         2 => any::<prop::sample::Index>().prop_map(Damage::Cut),
         2 => (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(i, b)| Damage::Flip(i, b)),
         1 => (any::<prop::sample::Index>(), prop::collection::vec(any::<u8>(), 1..64)).prop_map(|(i, g)| Damage::Insert(i, g)),
@@ -102,13 +102,14 @@ fn submission() -> impl Strategy<Value = Submission> {
         1 => prop::collection::vec(any::<u8>(), 0..600).prop_map(Damage::Garbage),
     ];
     let header = prop_oneof![
-        6 => Just(Header::Right),
+        12 => Just(Header::Right),
         1 => Just(Header::OtherBoundary),
         1 => Just(Header::NoBoundary),
         1 => Just(Header::NotMultipart),
         1 => Just(Header::Missing),
     ];
-    ("[A-Za-z0-9'()+_,\\-.=?]{1,40}", form(), damage, header).prop_map(|(boundary, parts, damage, header)| Submission {
+    // Boundaries from the characters that need no quoting in the header.
+    ("[A-Za-z0-9_\\-.]{1,40}", form(), damage, header).prop_map(|(boundary, parts, damage, header)| Submission {
         boundary,
         parts,
         damage,
