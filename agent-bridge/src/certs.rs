@@ -3,6 +3,10 @@
 //! The bundle is a zip holding a `.p12`, an optional `password.txt` and any number
 //! of `.mobileprovision` files. Entry names with `..`, a leading `/` or a backslash
 //! are refused, and so is a bundle larger than the unzipped limit (zip bombs).
+//! Nothing touches the filesystem: entries are read into memory (at most the
+//! limit), a nested archive or a symbolic-link entry is just bytes, a duplicate
+//! name means the last one counts, and the `.p12` and its password are passed to
+//! the VM as they are (the VM's keychain import checks the password).
 
 use std::io::Read;
 
@@ -68,7 +72,10 @@ pub fn read_bundle(zip_bytes: &[u8], max_unzipped: u64) -> Result<SigningMateria
         // Never trust the declared size: read at most what is left of the budget.
         let budget = max_unzipped.saturating_sub(total);
         let mut content = Vec::new();
-        entry.take(budget + 1).read_to_end(&mut content).map_err(|e| BundleError::Corrupt(e.to_string()))?;
+        entry
+            .take(budget.saturating_add(1))
+            .read_to_end(&mut content)
+            .map_err(|e| BundleError::Corrupt(e.to_string()))?;
         total += content.len() as u64;
         if total > max_unzipped {
             return Err(BundleError::TooLarge(max_unzipped));

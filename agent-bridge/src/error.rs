@@ -17,6 +17,10 @@ pub enum BridgeError {
     /// 403: the credential is valid but not for this, or the API key is wrong.
     #[error("{0}")]
     Forbidden(&'static str),
+    /// 403: an authenticated worker (or its VM) acting on a build it does not hold.
+    /// Not a failed authentication: the limiter does not count it.
+    #[error("{0}")]
+    NotAssignee(&'static str),
     /// 404: no such resource.
     #[error("{0}")]
     NotFound(&'static str),
@@ -38,7 +42,7 @@ impl From<Refusal> for BridgeError {
     fn from(refusal: Refusal) -> Self {
         match refusal {
             Refusal::NotFound => BridgeError::NotFound(refusal.message()),
-            Refusal::NotAssignee => BridgeError::Forbidden(refusal.message()),
+            Refusal::NotAssignee => BridgeError::NotAssignee(refusal.message()),
             Refusal::Cancelled | Refusal::Finished | Refusal::LeaseLost => BridgeError::Conflict(refusal.message()),
         }
     }
@@ -46,6 +50,9 @@ impl From<Refusal> for BridgeError {
 
 impl From<axum::extract::rejection::JsonRejection> for BridgeError {
     fn from(e: axum::extract::rejection::JsonRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return BridgeError::TooLarge("Request body too large");
+        }
         BridgeError::BadRequest(format!("Invalid JSON body: {}", e.body_text()))
     }
 }
@@ -67,7 +74,7 @@ impl IntoResponse for BridgeError {
         let status = match &self {
             BridgeError::BadRequest(_) => StatusCode::BAD_REQUEST,
             BridgeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            BridgeError::Forbidden(_) => StatusCode::FORBIDDEN,
+            BridgeError::Forbidden(_) | BridgeError::NotAssignee(_) => StatusCode::FORBIDDEN,
             BridgeError::NotFound(_) => StatusCode::NOT_FOUND,
             BridgeError::Conflict(_) => StatusCode::CONFLICT,
             BridgeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -81,6 +88,10 @@ impl IntoResponse for BridgeError {
             }
             other => other.to_string(),
         };
-        (status, Json(serde_json::json!({ "error": message }))).into_response()
+        let mut response = (status, Json(serde_json::json!({ "error": message }))).into_response();
+        if matches!(self, BridgeError::Unauthorized(_) | BridgeError::Forbidden(_)) {
+            response.extensions_mut().insert(dispatcher::auth::AuthFailure);
+        }
+        response
     }
 }

@@ -11,12 +11,12 @@
 //! - [`config`]: the service's settings.
 //! - `error`: the one error enum and its `{"error":"..."}` response.
 //! - `extract`: credentials (worker token, legacy key + worker id, fleet key).
-//! - `certs`: the certificate-bundle reader behind `certs-secure`.
+//! - [`certs`]: the certificate-bundle reader behind `certs-secure`.
 //! - `routes`: `workers` (register, poll, unregister, abandon, ...), `upload`,
 //!   `builds` (source, certs, logs, telemetry, heartbeat).
 
 mod cache;
-mod certs;
+pub mod certs;
 pub mod config;
 mod error;
 mod extract;

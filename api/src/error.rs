@@ -32,6 +32,9 @@ pub enum ApiError {
 
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(e: axum::extract::rejection::JsonRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::TooLarge("Request body too large");
+        }
         ApiError::BadRequest(format!("Invalid JSON body: {}", e.body_text()))
     }
 }
@@ -66,6 +69,10 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        (status, Json(serde_json::json!({ "error": message }))).into_response()
+        let mut response = (status, Json(serde_json::json!({ "error": message }))).into_response();
+        if matches!(self, ApiError::Unauthorized(_) | ApiError::Forbidden(_)) {
+            response.extensions_mut().insert(dispatcher::auth::AuthFailure);
+        }
+        response
     }
 }

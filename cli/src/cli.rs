@@ -121,6 +121,14 @@ pub struct ServeArgs {
     /// Agent bridge settings.
     #[command(flatten)]
     pub bridge: agent_bridge::config::BridgeArgs,
+
+    /// Failed-authentication limits.
+    #[command(flatten)]
+    pub auth_limit: crate::auth_limit::AuthLimitArgs,
+
+    /// Request size limits.
+    #[command(flatten)]
+    pub request_limits: crate::request_limits::RequestLimitArgs,
 }
 
 /// Settings of `freeagent migrate`.
@@ -145,7 +153,9 @@ pub struct MigrateArgs {
 
 impl ServeArgs {
     /// Settings for a test or benchmark controller: port 0, the given database,
-    /// namespace and data directory, every other setting at its default.
+    /// namespace and data directory, every other setting at its default except
+    /// the failed-authentication limit, raised far above what a test suite that
+    /// checks refusals from one address produces (tests of the limit lower it).
     pub fn for_test(database_url: &str, namespace: &str, data_dir: &std::path::Path) -> Self {
         let cli = Cli::parse_from([
             "freeagent",
@@ -158,6 +168,10 @@ impl ServeArgs {
             namespace,
             "--data-dir",
             data_dir.to_str().expect("UTF-8 temp dir"),
+            "--auth-failures-per-minute",
+            "100000",
+            "--auth-failure-burst",
+            "100000",
         ]);
         match cli.command {
             Command::Serve(args) => *args,

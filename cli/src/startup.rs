@@ -2,19 +2,24 @@
 //! the tests start on port 0.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::{Request, StatusCode};
 use dispatcher::Backend;
 use dispatcher::auth::{ApiKey, KeySource, load_or_generate_api_key};
+use dispatcher::crypto::{EncryptionKey, load_or_generate_key};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::auth_limit::{FailedAuthLimiter, limit_failed_auth};
 use crate::cli::ServeArgs;
+use crate::request_limits::json_errors;
 
 /// A controller that is bound to its port and ready to run.
 pub struct Application {
@@ -33,12 +38,16 @@ impl Application {
     /// builds the routers of the configured role and binds the listening socket.
     pub async fn build(settings: ServeArgs) -> anyhow::Result<Self> {
         let (api_key, key_source) = load_or_generate_api_key(settings.api_key.as_deref(), &settings.blobs.data_dir)?;
+        let (encryption, encryption_source) =
+            load_or_generate_key(settings.blobs.encryption_key.as_ref(), &settings.blobs.data_dir)?;
+        log_encryption_key(&encryption, &encryption_source);
         let backend = Backend::setup(
             &settings.database,
             &settings.nats,
             &settings.blobs,
             &settings.lease,
             Duration::from_secs(settings.events_max_age_secs),
+            encryption,
         )
         .await?;
 
@@ -54,15 +63,23 @@ impl Application {
                 agent_bridge::BridgeState::start(backend.clone(), api_key.clone(), config, shutdown.clone()).await?;
             router = router.merge(agent_bridge::router(state));
         }
-        let router = router.fallback(not_found).method_not_allowed_fallback(method_not_allowed).layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &Request<_>| {
-                    // Path only: no query string, no headers (credentials live there).
-                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
-                })
-                .on_request(())
-                .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
-        );
+        let limiter = Arc::new(FailedAuthLimiter::new(&settings.auth_limit));
+        let router = router
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(axum::middleware::from_fn_with_state(limiter, limit_failed_auth))
+            // Upload routes set their own, larger limit (an inner layer wins).
+            .layer(DefaultBodyLimit::max(settings.request_limits.max_json_bytes))
+            .layer(axum::middleware::from_fn(json_errors))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(|request: &Request<_>| {
+                        // Path only: no query string, no headers (credentials live there).
+                        tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+                    })
+                    .on_request(())
+                    .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
+            );
 
         let addr: SocketAddr = format!("{}:{}", settings.host, settings.port)
             .parse()
@@ -129,14 +146,34 @@ impl Application {
                 }
             }
         };
-        // `into_make_service` resolves the router once; serving a `Router` directly
-        // rebuilds its route table for every connection (about 70 KiB each).
-        let served = axum::serve(self.listener, self.router.into_make_service()).with_graceful_shutdown(signal).await;
+        // A make-service resolves the router once; serving a `Router` directly
+        // rebuilds its route table for every connection (about 70 KiB each). The
+        // peer address is what the failed-authentication limiter counts by.
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, service).with_graceful_shutdown(signal).await;
         shutdown.cancel();
         background.await.ok();
         reaper.await.ok();
         webhooks.await.ok();
         served.context("the HTTP server failed")
+    }
+}
+
+/// Says where the encryption key came from (its id, never the key: replicas that
+/// log different ids do not share a key).
+fn log_encryption_key(key: &EncryptionKey, source: &KeySource) {
+    let id = key.id();
+    match source {
+        KeySource::Configured => tracing::info!(key.id = %id, "using the encryption key from FREEAGENT_ENCRYPTION_KEY"),
+        KeySource::File(path) => {
+            tracing::info!(key.id = %id, path = %path.display(), "using the encryption key kept in the data directory");
+        }
+        KeySource::Generated(path) => tracing::warn!(
+            key.id = %id,
+            path = %path.display(),
+            "generated a new encryption key and kept it in the data directory; every replica must use this same key \
+             (FREEAGENT_ENCRYPTION_KEY) and losing it loses the stored certificates and webhook secrets"
+        ),
     }
 }
 

@@ -12,6 +12,13 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+/// Marks an HTTP answer as a failed authentication: a credential that is missing,
+/// unknown, expired or wrong (401/403 from a credential check, never a refusal of
+/// an authenticated caller such as "not this build's worker"). The services put it
+/// in the response extensions; the failed-authentication limiter counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthFailure;
+
 /// Shortest API key accepted from configuration (the original controller's rule).
 pub const MIN_API_KEY_LEN: usize = 16;
 
@@ -126,7 +133,8 @@ pub fn load_or_generate_api_key(configured: Option<&str>, data_dir: &Path) -> Re
     }
 }
 
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+/// Writes a new file readable only by its owner (mode 0600 on Unix).
+pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -172,6 +180,49 @@ mod tests {
         assert!(key.verify("a-perfectly-fine_key"));
         assert!(!key.verify("a-perfectly-fine_kez"));
         assert!(!format!("{key:?}").contains("fine"));
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn an_api_key_is_accepted_exactly_when_long_enough_and_vm_safe_and_matches_only_itself(
+                key in "\\PC{0,40}|[A-Za-z0-9_-]{10,40}",
+                other in "\\PC{0,40}",
+            ) {
+                let valid = key.len() >= MIN_API_KEY_LEN
+                    && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                match ApiKey::new(&key) {
+                    Ok(api_key) => {
+                        prop_assert!(valid);
+                        prop_assert!(api_key.verify(&key));
+                        prop_assert_eq!(api_key.verify(&other), other == key);
+                        prop_assert_eq!(api_key.expose(), key.as_str());
+                        let shown = format!("{api_key:?}");
+                        prop_assert!(!shown.contains(&key));
+                    }
+                    Err(ApiKeyError::TooShort) => prop_assert!(key.len() < MIN_API_KEY_LEN),
+                    Err(ApiKeyError::BadAlphabet) => prop_assert!(!valid),
+                    Err(ApiKeyError::File { .. }) => prop_assert!(false, "no file involved"),
+                }
+            }
+
+            #[test]
+            fn a_presented_token_matches_a_stored_hash_only_when_it_is_that_token(presented in "\\PC{0,100}") {
+                let token = generate_token();
+                let stored = hash_token(&token);
+                prop_assert_eq!(token_matches(&stored, &presented), presented == token);
+                prop_assert!(token_matches(&hash_token(&presented), &presented));
+                // Hashes of anything are 64 lowercase hex characters; garbage stored hashes match nothing.
+                prop_assert_eq!(hash_token(&presented).len(), 64);
+                prop_assert!(!token_matches(&presented, &presented) || presented == hash_token(&presented));
+            }
+        }
     }
 
     #[test]

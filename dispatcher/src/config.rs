@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use secrecy::SecretString;
 
 /// Where the state lives.
 #[derive(Debug, Clone, Args)]
@@ -63,6 +64,13 @@ pub struct BlobArgs {
     /// Defaults to `file://<data dir>/blobs`.
     #[arg(long, env = "FREEAGENT_BLOB_URL")]
     pub blob_url: Option<String>,
+
+    /// Key that encrypts secrets at rest (certificate bundles in the object store,
+    /// webhook signing secrets in Postgres): 32 bytes in base64. When unset, a key
+    /// is generated on first start and kept in the data directory. Every replica
+    /// of a fleet must use the same key, and losing it loses those secrets.
+    #[arg(long, env = "FREEAGENT_ENCRYPTION_KEY", hide_env_values = true)]
+    pub encryption_key: Option<SecretString>,
 }
 
 /// Lease timing (DESIGN.md §3).

@@ -19,12 +19,14 @@
 //! - [`background`]: loops every replica runs (republisher, outbox publisher).
 //! - [`webhooks`]: signed, retried HTTP deliveries of events to operators' endpoints.
 //! - [`auth`]: API key, tokens and their hashed storage.
+//! - [`crypto`]: encryption at rest (certificate bundles, webhook secrets).
 //! - [`config`], [`db`], [`telemetry`]: configuration fragments, Postgres setup, logging.
 
 pub mod auth;
 pub mod background;
 pub mod blobs;
 pub mod config;
+pub mod crypto;
 pub mod db;
 pub mod events;
 pub mod lease;
@@ -42,6 +44,7 @@ use sqlx::PgPool;
 
 use crate::blobs::Blobs;
 use crate::config::{BlobArgs, DatabaseArgs, LeaseArgs, NatsArgs};
+use crate::crypto::EncryptionKey;
 use crate::queue::Queue;
 
 /// The shared handles of a replica: Postgres, JetStream and the object store.
@@ -54,6 +57,9 @@ pub struct Backend {
     pub queue: Queue,
     /// Object store.
     pub blobs: Blobs,
+    /// The fleet's encryption key (secrets at rest: certificate bundles in the
+    /// object store, webhook secrets in Postgres).
+    pub encryption: EncryptionKey,
     /// Wakes this replica's outbox publisher right after a commit wrote events,
     /// so subscribers hear of a transition within milliseconds.
     pub outbox_nudge: std::sync::Arc<tokio::sync::Notify>,
@@ -61,19 +67,23 @@ pub struct Backend {
 
 impl Backend {
     /// Connects everything, creating the database, applying migrations and
-    /// ensuring the JetStream topology (what `freeagent migrate` does, plus blobs).
+    /// ensuring the JetStream topology (what `freeagent migrate` does, plus blobs),
+    /// then encrypts any secret still stored in clear from before encryption at rest.
     pub async fn setup(
         db: &DatabaseArgs,
         nats: &NatsArgs,
         blobs: &BlobArgs,
         lease: &LeaseArgs,
         events_max_age: Duration,
+        encryption: EncryptionKey,
     ) -> anyhow::Result<Self> {
         let pool = db::connect_and_migrate(db).await?;
         let queue = Queue::connect(nats, Duration::from_secs(10)).await?;
         queue.ensure_topology(lease, events_max_age).await?;
-        let blobs = Blobs::from_args(blobs)?;
-        Ok(Self { pool, queue, blobs, outbox_nudge: Default::default() })
+        let blobs = Blobs::from_args(blobs, encryption.clone())?;
+        store::webhooks::seal_plaintext_secrets(&pool, &encryption).await?;
+        blobs.seal_plaintext_certs().await?;
+        Ok(Self { pool, queue, blobs, encryption, outbox_nudge: Default::default() })
     }
 
     /// Tells the outbox publisher that a commit wrote events.

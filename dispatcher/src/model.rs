@@ -309,6 +309,56 @@ mod tests {
         assert!(BuildStatus::Building.transition(BuildStatus::Pending).is_ok());
     }
 
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn config() -> ProptestConfig {
+            ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() }
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn any_string_parses_as_an_id_exactly_when_it_is_in_the_vm_safe_alphabet(s in "\\PC{0,80}|[A-Za-z0-9_-]{0,70}") {
+                let valid = !s.is_empty() && s.len() <= MAX_ID_LEN
+                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                prop_assert_eq!(BuildId::parse(&s).is_ok(), valid);
+                prop_assert_eq!(WorkerId::try_from(s.clone()).is_ok(), valid);
+                let json = serde_json::to_string(&s).unwrap();
+                prop_assert_eq!(serde_json::from_str::<BuildId>(&json).is_ok(), valid);
+                if let Ok(id) = BuildId::parse(&s) {
+                    prop_assert_eq!(id.as_str(), s.as_str());
+                    prop_assert_eq!(id.to_string(), s.clone());
+                    prop_assert_eq!(BuildId::parse(id.as_str()), Ok(id.clone()));
+                    let back: BuildId = serde_json::from_str(&serde_json::to_string(&id).unwrap()).unwrap();
+                    prop_assert_eq!(back, id.clone());
+                    prop_assert_eq!(String::from(id), s);
+                }
+            }
+
+            #[test]
+            fn arbitrary_platform_and_status_spellings_never_panic(s in "\\PC{0,24}") {
+                if let Ok(platform) = s.parse::<Platform>() {
+                    prop_assert_eq!(platform.as_str(), s.as_str());
+                }
+                if let Ok(status) = s.parse::<BuildStatus>() {
+                    prop_assert_eq!(status.as_str(), s.as_str());
+                }
+            }
+        }
+
+        #[test]
+        fn generated_ids_always_parse_back() {
+            for _ in 0..1000 {
+                let id = BuildId::generate();
+                assert_eq!(BuildId::parse(id.as_str()), Ok(id));
+            }
+        }
+    }
+
     #[test]
     fn statuses_round_trip_through_their_spelling() {
         use BuildStatus::*;

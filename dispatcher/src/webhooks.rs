@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use hmac::{Hmac, KeyInit, Mac};
+use secrecy::ExposeSecret;
 use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
@@ -78,7 +79,7 @@ pub fn backoff(args: &WebhookArgs, attempts: i32) -> Duration {
 /// Sends the deliveries that are due; returns how many attempts were made.
 pub async fn deliver_step(backend: &Backend, http: &reqwest::Client, args: &WebhookArgs) -> Result<usize, StoreError> {
     let mut tx = backend.pool.begin().await?;
-    let due = store::webhooks::lock_due(&mut *tx, 32).await?;
+    let due = store::webhooks::lock_due(&mut *tx, &backend.encryption, 32).await?;
     if due.is_empty() {
         return Ok(0);
     }
@@ -129,12 +130,19 @@ async fn attempt(
     let Some(body) = body else {
         return (None, Some("the event no longer exists".into()), started.elapsed());
     };
+    let secret = match &delivery.secret {
+        Ok(secret) => secret,
+        Err(e) => {
+            tracing::error!(webhook.id = %delivery.webhook_id, error = %e, "webhook secret cannot be decrypted");
+            return (None, Some(format!("the signing secret cannot be decrypted: {e}")), started.elapsed());
+        }
+    };
     let result = http
         .post(&delivery.url)
         .timeout(Duration::from_millis(args.webhook_timeout_ms))
         .header("Content-Type", "application/cloudevents+json")
         .header(EVENT_ID_HEADER, delivery.event_id.to_string())
-        .header(SIGNATURE_HEADER, signature(&delivery.secret, body))
+        .header(SIGNATURE_HEADER, signature(secret.expose_secret(), body))
         .body(body.to_vec())
         .send()
         .await;

@@ -132,6 +132,12 @@ impl TestApp {
         (body["id"].as_str().unwrap().to_owned(), body["access_token"].as_str().unwrap().to_owned())
     }
 
+    /// Where a blob of the default local object store lives on disk (tests read
+    /// and plant stored bytes there, as an operator with disk access could).
+    pub fn blob_file(&self, key: &dispatcher::blobs::BlobKey) -> PathBuf {
+        self.settings.blobs.data_dir.join("blobs").join(key.path().as_ref())
+    }
+
     /// Rows in `builds`.
     pub async fn build_rows(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM builds").fetch_one(self.pool()).await.unwrap()
@@ -460,9 +466,15 @@ impl TestApp {
     /// Starts a second controller (another replica) sharing this one's database,
     /// namespace and blobs.
     pub async fn another_replica(&self) -> Replica {
+        self.another_replica_with(|_| {}).await
+    }
+
+    /// Starts another replica after `configure` adjusted a copy of this one's settings.
+    pub async fn another_replica_with(&self, configure: impl FnOnce(&mut ServeArgs)) -> Replica {
         let mut settings = self.settings.clone();
         settings.port = 0;
         settings.api_key = Some(self.key.clone());
+        configure(&mut settings);
         let app = Application::build(settings).await.expect("the replica starts");
         let url = format!("http://127.0.0.1:{}", app.port());
         let shutdown = app.shutdown_token();

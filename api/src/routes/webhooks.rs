@@ -76,7 +76,8 @@ pub async fn create(
         Some(Value::String(s)) if s.len() >= 16 => s.clone(),
         Some(_) => return Err(ApiError::BadRequest("secret must be a string of at least 16 characters".into())),
     };
-    let webhook = store::webhooks::insert(&state.backend.pool, &parsed, &events, &secret).await?;
+    let webhook =
+        store::webhooks::insert(&state.backend.pool, &state.backend.encryption, &parsed, &events, &secret).await?;
     tracing::info!(webhook.id = %webhook.id, "webhook registered");
     let mut answer = webhook_json(&webhook);
     answer["secret"] = json!(secret);

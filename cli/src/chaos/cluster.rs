@@ -119,6 +119,8 @@ pub struct ReplicaSettings {
     pub namespace: String,
     /// The fleet API key.
     pub api_key: String,
+    /// The fleet's encryption key (base64), shared like the API key.
+    pub encryption_key: String,
     /// `FREEAGENT_LEASE_TTL_SECS`: short, so killed workers' builds come back soon.
     pub lease_ttl_secs: u64,
 }
@@ -187,6 +189,7 @@ impl Replica {
             .env("FREEAGENT_NAMESPACE", &settings.namespace)
             .env("FREEAGENT_DATA_DIR", layout.data_dir())
             .env("CONTROLLER_API_KEY", &settings.api_key)
+            .env("FREEAGENT_ENCRYPTION_KEY", &settings.encryption_key)
             .env("FREEAGENT_LEASE_TTL_SECS", settings.lease_ttl_secs.to_string())
             .env("FREEAGENT_REAPER_INTERVAL_MS", "500")
             .env("FREEAGENT_PUBLISH_TIMEOUT_MS", "1000")

@@ -158,6 +158,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         nats_url: nats.url(),
         namespace: format!("chaos_{suffix}"),
         api_key: dispatcher::auth::generate_token(),
+        encryption_key: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, rand::random::<[u8; 32]>()),
         lease_ttl_secs: args.lease_ttl_secs,
     };
     let mut replicas = Vec::new();

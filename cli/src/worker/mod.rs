@@ -8,7 +8,7 @@
 //! (cancelled, lease lost) it kills the build within seconds. On SIGTERM/Ctrl-C it
 //! abandons what it is building (the build goes back to the queue) and unregisters.
 
-mod unpack;
+pub mod unpack;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};

@@ -57,7 +57,7 @@ pub fn unpack(zip: &Path, dir: &Path, max_bytes: u64) -> Result<u64, UnpackError
         }
         let mut out = std::fs::File::create(&target)?;
         let budget = max_bytes.saturating_sub(total);
-        let copied = std::io::copy(&mut (&mut entry).take(budget + 1), &mut out)?;
+        let copied = std::io::copy(&mut (&mut entry).take(budget.saturating_add(1)), &mut out)?;
         total += copied;
         if total > max_bytes {
             return Err(UnpackError::TooLarge(format!("more than {max_bytes} bytes")));

@@ -1,10 +1,38 @@
 //! The `webhooks`, `webhook_deliveries` and `webhook_attempts` tables.
+//!
+//! Signing secrets are stored sealed (`secret_sealed`, see `crate::crypto`) and
+//! bound to their webhook's id; rows from before encryption at rest keep a clear
+//! `secret` until [`seal_plaintext_secrets`] runs at startup.
 
 use chrono::{DateTime, Utc};
+use secrecy::SecretString;
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
 use super::StoreError;
+use crate::crypto::{DecryptError, EncryptionKey};
+
+/// What a webhook's sealed secret is bound to.
+fn secret_aad(webhook: Uuid) -> Vec<u8> {
+    format!("freeagent webhook secret {webhook}").into_bytes()
+}
+
+/// Opens a webhook's secret from whichever form its row holds.
+fn open_secret(
+    key: &EncryptionKey,
+    webhook: Uuid,
+    clear: Option<String>,
+    sealed: Option<Vec<u8>>,
+) -> Result<SecretString, DecryptError> {
+    match (sealed, clear) {
+        (Some(sealed), _) => {
+            let bytes = key.open(&sealed, &secret_aad(webhook))?;
+            String::from_utf8(bytes).map(SecretString::from).map_err(|_| DecryptError::Corrupt)
+        }
+        (None, Some(clear)) => Ok(SecretString::from(clear)),
+        (None, None) => Err(DecryptError::Corrupt),
+    }
+}
 
 /// A registered endpoint (without its secret).
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -27,23 +55,49 @@ pub struct Webhook {
     pub created_at: DateTime<Utc>,
 }
 
-/// Registers an endpoint.
+/// Registers an endpoint; its secret is stored sealed under `key`.
 pub async fn insert(
     db: impl PgExecutor<'_>,
+    key: &EncryptionKey,
     url: &str,
     event_types: &[String],
     secret: &str,
 ) -> Result<Webhook, StoreError> {
+    let id = Uuid::now_v7();
     Ok(sqlx::query_as(
-        "INSERT INTO webhooks (id, url, event_types, secret) VALUES ($1, $2, $3, $4)
+        "INSERT INTO webhooks (id, url, event_types, secret_sealed) VALUES ($1, $2, $3, $4)
          RETURNING id, url, event_types, enabled, failing_since, disabled_at, disabled_reason, created_at",
     )
-    .bind(Uuid::now_v7())
+    .bind(id)
     .bind(url)
     .bind(event_types)
-    .bind(secret)
+    .bind(key.seal(secret.as_bytes(), &secret_aad(id)))
     .fetch_one(db)
     .await?)
+}
+
+/// Seals every secret still stored in clear (rows from before encryption at
+/// rest); returns how many. Safe on every replica at once.
+pub async fn seal_plaintext_secrets(db: &sqlx::PgPool, key: &EncryptionKey) -> Result<u64, StoreError> {
+    let clear: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT id, secret FROM webhooks WHERE secret_sealed IS NULL AND secret IS NOT NULL")
+            .fetch_all(db)
+            .await?;
+    let mut sealed = 0;
+    for (id, secret) in clear {
+        let done = sqlx::query(
+            "UPDATE webhooks SET secret_sealed = $2, secret = NULL WHERE id = $1 AND secret_sealed IS NULL",
+        )
+        .bind(id)
+        .bind(key.seal(secret.as_bytes(), &secret_aad(id)))
+        .execute(db)
+        .await?;
+        sealed += done.rows_affected();
+    }
+    if sealed > 0 {
+        tracing::info!(count = sealed, "encrypted webhook secrets stored before encryption at rest");
+    }
+    Ok(sealed)
 }
 
 /// Every endpoint, oldest first.
@@ -92,7 +146,7 @@ pub async fn fan_out(db: impl PgExecutor<'_>, event: Uuid, type_name: &str) -> R
 }
 
 /// A delivery due now, with what sending it needs.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct DueDelivery {
     /// The delivery.
     pub id: Uuid,
@@ -102,16 +156,33 @@ pub struct DueDelivery {
     pub webhook_id: Uuid,
     /// Its URL.
     pub url: String,
-    /// Its signing key.
-    pub secret: String,
+    /// Its signing key, or why it cannot be decrypted (the attempt then fails
+    /// with that reason, visible in the delivery history).
+    pub secret: Result<SecretString, DecryptError>,
     /// The event (an outbox row id).
     pub event_id: Uuid,
 }
 
-/// Due deliveries of enabled endpoints, locked (`SKIP LOCKED`: replicas share).
-pub async fn lock_due(db: impl PgExecutor<'_>, limit: i64) -> Result<Vec<DueDelivery>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT d.id, d.attempts, w.id AS webhook_id, w.url, w.secret, d.event_id
+#[derive(sqlx::FromRow)]
+struct DueRow {
+    id: Uuid,
+    attempts: i32,
+    webhook_id: Uuid,
+    url: String,
+    secret: Option<String>,
+    secret_sealed: Option<Vec<u8>>,
+    event_id: Uuid,
+}
+
+/// Due deliveries of enabled endpoints, locked (`SKIP LOCKED`: replicas share),
+/// with their secrets opened under `key`.
+pub async fn lock_due(
+    db: impl PgExecutor<'_>,
+    key: &EncryptionKey,
+    limit: i64,
+) -> Result<Vec<DueDelivery>, StoreError> {
+    let rows: Vec<DueRow> = sqlx::query_as(
+        "SELECT d.id, d.attempts, w.id AS webhook_id, w.url, w.secret, w.secret_sealed, d.event_id
          FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id
          WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND w.enabled
          ORDER BY d.next_attempt_at
@@ -120,7 +191,18 @@ pub async fn lock_due(db: impl PgExecutor<'_>, limit: i64) -> Result<Vec<DueDeli
     )
     .bind(limit)
     .fetch_all(db)
-    .await?)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| DueDelivery {
+            secret: open_secret(key, row.webhook_id, row.secret, row.secret_sealed),
+            id: row.id,
+            attempts: row.attempts,
+            webhook_id: row.webhook_id,
+            url: row.url,
+            event_id: row.event_id,
+        })
+        .collect())
 }
 
 /// Records one attempt.
