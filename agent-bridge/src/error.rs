@@ -5,6 +5,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use dispatcher::lease::{LeaseError, Refusal};
 
+use crate::wire::ErrorBody;
+
 /// Every way a bridge request can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
@@ -81,6 +83,6 @@ impl IntoResponse for BridgeError {
             }
             other => other.to_string(),
         };
-        (status, Json(serde_json::json!({ "error": message }))).into_response()
+        (status, Json(ErrorBody { error: message })).into_response()
     }
 }

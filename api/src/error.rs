@@ -4,6 +4,8 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::wire::ErrorBody;
+
 /// Every way an api request can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -66,6 +68,6 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        (status, Json(serde_json::json!({ "error": message }))).into_response()
+        (status, Json(ErrorBody { error: message })).into_response()
     }
 }

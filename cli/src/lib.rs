@@ -5,6 +5,7 @@
 //!
 //! - [`cli`]: the command line (clap derive, every setting also an environment variable).
 //! - [`startup`]: [`startup::Application`]: build → `port()` → `run_until_stopped()`.
+//! - [`openapi`]: the OpenAPI document of every route, served at `/api/openapi.json`.
 //! - [`bench`]: `freeagent bench ...`, numbers printed, not asserted.
 //! - [`client`]: submit, status, logs, download, cancel, retry, list, workers.
 //! - [`worker`]: the reference worker for Linux hosts.
@@ -16,5 +17,6 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod demo;
+pub mod openapi;
 pub mod startup;
 pub mod worker;

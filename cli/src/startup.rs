@@ -54,6 +54,8 @@ impl Application {
                 agent_bridge::BridgeState::start(backend.clone(), api_key.clone(), config, shutdown.clone()).await?;
             router = router.merge(agent_bridge::router(state));
         }
+        // Every role serves the whole document: clients see one origin.
+        let router = router.route("/api/openapi.json", axum::routing::get(crate::openapi::serve));
         let router = router.fallback(not_found).method_not_allowed_fallback(method_not_allowed).layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request<_>| {
