@@ -194,8 +194,9 @@ pub async fn poll(
     let wait = match query.wait.as_deref() {
         None => Duration::ZERO,
         Some(raw) => match raw.parse::<f64>() {
+            // Capped before the conversion, which panics past about 1.8e19 seconds.
             Ok(secs) if secs.is_finite() && secs >= 0.0 => {
-                Duration::from_secs_f64(secs).min(state.config.max_poll_wait)
+                Duration::from_secs_f64(secs.min(state.config.max_poll_wait.as_secs_f64()))
             }
             _ => return Err(BridgeError::BadRequest("wait must be a number of seconds".into())),
         },
