@@ -52,6 +52,19 @@ impl From<axum::extract::rejection::JsonRejection> for BridgeError {
     }
 }
 
+impl From<axum::extract::rejection::QueryRejection> for BridgeError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
+        BridgeError::BadRequest(format!("Invalid query string: {}", e.body_text()))
+    }
+}
+
+impl From<axum::extract::rejection::PathRejection> for BridgeError {
+    fn from(e: axum::extract::rejection::PathRejection) -> Self {
+        tracing::debug!(error = %e.body_text(), "undecodable path parameter");
+        BridgeError::NotFound("No such resource: the path does not decode")
+    }
+}
+
 impl From<dispatcher::store::StoreError> for BridgeError {
     fn from(e: dispatcher::store::StoreError) -> Self {
         BridgeError::Internal(e.into())

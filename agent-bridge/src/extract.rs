@@ -5,6 +5,8 @@
 //! - `X-API-Key` with a worker id (`X-Worker-Id`, `?worker_id=` or a form field):
 //!   the oldest workers and VM scripts. Wrong key → 403. Can be turned off.
 //! - `X-API-Key` alone: operators (worker statistics, unregister by id).
+//!
+//! [`Path`] and [`Query`] are axum's, refusing with a JSON error body.
 
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
@@ -30,6 +32,17 @@ pub const VM_TOKEN: &str = "x-vm-token";
 pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
+
+/// `axum::extract::Path` refusing with the BridgeError's `{"error": ...}` body: a
+/// path parameter that does not decode (not UTF-8) names nothing, so 404.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(BridgeError))]
+pub struct Path<T>(pub T);
+
+/// `axum::extract::Query` refusing with the BridgeError's `{"error": ...}` body (400).
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(BridgeError))]
+pub struct Query<T>(pub T);
 
 /// Proof that the request carries the fleet API key (401 missing, 403 wrong).
 #[derive(Debug, Clone, Copy)]

@@ -38,6 +38,19 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
     }
 }
 
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::BadRequest(format!("Invalid query string: {}", e.body_text()))
+    }
+}
+
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(e: axum::extract::rejection::PathRejection) -> Self {
+        tracing::debug!(error = %e.body_text(), "undecodable path parameter");
+        ApiError::NotFound("No such resource: the path does not decode")
+    }
+}
+
 impl From<dispatcher::store::StoreError> for ApiError {
     fn from(e: dispatcher::store::StoreError) -> Self {
         ApiError::Internal(e.into())

@@ -4,8 +4,8 @@
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::certs::SigningMaterial;
-use crate::extract::{API_KEY, BUILD_ID, WORKER_ID, WORKER_TOKEN, build_actor, header};
+use crate::extract::{API_KEY, BUILD_ID, Path, Query, WORKER_ID, WORKER_TOKEN, build_actor, header};
 use crate::wire::{
     ErrorBody, HeartbeatAnswer, HeartbeatRequest, LogsAccepted, LogsRequest, StatusOk, TelemetryRequest, ZipBody,
 };
@@ -387,8 +387,11 @@ pub async fn heartbeat(
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): Query<HeartbeatQuery>,
-    body: Option<Json<Value>>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<HeartbeatAnswer>, BridgeError> {
+    // The body is optional (W4 sends `{}` or `{progress}`); one that is not JSON
+    // is ignored rather than refused, since any answer but 200 aborts W4's build.
+    let body = body.ok();
     let id = parse_id(&id)?;
     if header(&headers, API_KEY).is_some()
         && header(&headers, WORKER_TOKEN).is_none()

@@ -13,7 +13,7 @@
 use axum::Json;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Multipart, Path, Query, State};
+use axum::extract::{Multipart, State};
 use axum::http::HeaderMap;
 use dispatcher::auth::{generate_token, hash_token};
 use dispatcher::blobs::BlobKey;
@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use super::builds::owner_activity;
 use super::upload::{multipart_error, stream_file};
-use crate::extract::{VM_TOKEN, build_actor, header};
+use crate::extract::{Path, Query, VM_TOKEN, build_actor, header};
 use crate::wire::{ArtifactForm, AuthenticateRequest, ErrorBody, Success, VmReady, VmStatus, VmToken};
 use crate::{BridgeError, BridgeState};
 
@@ -138,6 +138,7 @@ pub struct StatusQuery {
     ),
     responses(
         (status = 200, description = "The VM's state", body = VmStatus),
+        (status = 400, description = "An undecodable query string", body = ErrorBody),
         (status = 401, description = "Missing, unknown or expired credentials", body = ErrorBody),
         (status = 403, description = "Wrong `X-API-Key`, or not the build's worker", body = ErrorBody),
         (status = 404, description = "No such build", body = ErrorBody),

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use axum::Json;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use chrono::Utc;
 use dispatcher::auth::{generate_token, hash_token};
@@ -16,7 +16,9 @@ use dispatcher::store::{self, workers::Registration, workers::WorkerIdentity};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::extract::{API_KEY, AdminKey, WORKER_ID, WORKER_TOKEN, check_legacy_key, header, worker_by_token};
+use crate::extract::{
+    API_KEY, AdminKey, Path, Query, WORKER_ID, WORKER_TOKEN, check_legacy_key, header, worker_by_token,
+};
 use crate::wire::{
     AbandonRequest, BuildReport, ErrorBody, Job, PollAnswer, RegisterRequest, Registered, Success, SuccessMessage,
     Unregistered, WorkerStats, WorkerSummary,

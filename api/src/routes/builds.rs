@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use dispatcher::blobs::BlobKey;
@@ -12,7 +12,7 @@ use dispatcher::store;
 use serde::Deserialize;
 
 use super::{iso, ms};
-use crate::extract::{AdminKey, BuildAccess};
+use crate::extract::{AdminKey, BuildAccess, Path, Query};
 use crate::wire::{
     ActiveBuild, ActiveBuilds, BuildListItem, BuildLogs, BuildStatusBody, Cancelled, ErrorBody, FileBody, LogEntry,
     Submitted,
@@ -227,7 +227,7 @@ pub async fn download(State(state): State<ApiState>, access: BuildAccess) -> Res
 pub async fn download_kind(
     State(state): State<ApiState>,
     access: BuildAccess,
-    axum::extract::Path((_, kind)): axum::extract::Path<(String, String)>,
+    Path((_, kind)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     match kind.as_str() {
         "result" => download(State(state), access).await,

@@ -1,15 +1,15 @@
 //! Worker diagnostics (`freeagent doctor`): report, history, latest.
 
 use axum::Json;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
 use dispatcher::model::WorkerId;
 use dispatcher::store::{self, diagnostics::NewReport, diagnostics::Report};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::ms;
-use crate::extract::AdminKey;
+use crate::extract::{AdminKey, Path, Query};
 use crate::wire::{DiagnosticHistory, DiagnosticReport, ErrorBody, ReportRequest, ReportStored};
 use crate::{ApiError, ApiState};
 

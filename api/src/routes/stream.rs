@@ -10,7 +10,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use dispatcher::events::cloud_event;
@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::extract::BuildAccess;
+use crate::extract::{BuildAccess, Query};
 use crate::wire::{ErrorBody, EventStreamBody, LogEntry};
 use crate::{ApiError, ApiState};
 

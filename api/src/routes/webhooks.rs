@@ -2,8 +2,8 @@
 //! re-enable, delete. Delivery itself is `dispatcher::webhooks`.
 
 use axum::Json;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
 use dispatcher::auth::generate_token;
 use dispatcher::store::{self, webhooks::Webhook};
 use serde::Deserialize;
@@ -11,7 +11,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::iso;
-use crate::extract::AdminKey;
+use crate::extract::{AdminKey, Path, Query};
 use crate::wire::{DeliveryBody, ErrorBody, Success, WebhookBody, WebhookRequest};
 use crate::{ApiError, ApiState};
 

@@ -58,3 +58,46 @@ async fn an_absurdly_long_poll_wait_is_capped_instead_of_crashing_the_request() 
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn undecodable_paths_and_query_strings_are_refused_with_a_json_error() {
+    let app = spawn_app().await;
+    let worker = app.register_worker("Mac", &["ios"]).await;
+    let cases = [
+        (app.admin(Method::GET, "/api/webhooks/x/deliveries?limit=abc"), 400),
+        (app.admin(Method::GET, "/api/builds?limit=1&limit=2"), 400),
+        (app.admin(Method::GET, "/api/diagnostics/%FF"), 404),
+        (worker.request(Method::GET, "/api/workers/poll?wait=0&wait=1"), 400),
+        (worker.request(Method::POST, "/api/builds/%FF/vm-ready"), 404),
+        (app.admin(Method::GET, "/api/workers/%C3%28/stats"), 404),
+    ];
+    for (request, status) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status);
+        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(content_type.starts_with("application/json"), "{content_type}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(body["error"].is_string(), "{body}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_build_heartbeat_whose_body_is_not_json_still_counts() {
+    let app = spawn_app().await;
+    let worker = app.register_worker("Mac", &["ios"]).await;
+    let (build, _) = app.submit_ok(b"PK source").await;
+    let job = worker.poll(5.0).await.expect("the build is handed out");
+    assert_eq!(job["id"], build.as_str());
+    let response = worker
+        .request(Method::POST, &format!("/api/builds/{build}/heartbeat?worker_id={}", worker.id))
+        .header("Content-Type", "application/json")
+        .body("{\"progress\":")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    app.stop().await;
+}
