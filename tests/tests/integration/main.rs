@@ -9,6 +9,7 @@ mod diagnostics;
 mod events;
 mod health;
 mod leases;
+mod openapi;
 mod replays;
 mod resilience;
 mod secrets;
