@@ -44,6 +44,14 @@ pub struct Path<T>(pub T);
 #[from_request(via(axum::extract::Query), rejection(BridgeError))]
 pub struct Query<T>(pub T);
 
+/// A JSON request body, its text made storable (no U+0000, which Postgres cannot
+/// hold); a body that is not JSON is a 400.
+pub fn json_body(
+    body: Result<axum::Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<serde_json::Value, BridgeError> {
+    Ok(dispatcher::model::storable_json(body?.0))
+}
+
 /// Proof that the request carries the fleet API key (401 missing, 403 wrong).
 #[derive(Debug, Clone, Copy)]
 pub struct AdminKey;

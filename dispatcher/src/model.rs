@@ -274,6 +274,26 @@ impl FromStr for BuildStatus {
 /// The error message stored on (and shown for) a cancelled build.
 pub const CANCELLED_MESSAGE: &str = "Build cancelled by user";
 
+/// Client text made storable: Postgres `text` and `jsonb` cannot hold U+0000, so
+/// it becomes U+FFFD (which keeps a trace that something was there) at the edge,
+/// instead of failing the statement that would store it.
+pub fn storable_text(text: String) -> String {
+    if text.contains('\0') { text.replace('\0', "\u{FFFD}") } else { text }
+}
+
+/// [`storable_text`] for every string and key of a JSON value.
+pub fn storable_json(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Value::String(storable_text(s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(storable_json).collect()),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (storable_text(k), storable_json(v))).collect())
+        }
+        other => other,
+    }
+}
+
 /// Level of a build log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -303,6 +323,17 @@ impl LogLevel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_text_loses_nul_characters_everywhere_in_json() {
+        assert_eq!(storable_text("a\0b".into()), "a\u{FFFD}b");
+        assert_eq!(storable_text("plain".into()), "plain");
+        let value = serde_json::json!({ "k\0": ["x\0", { "n": "\0" }], "n": 1 });
+        assert_eq!(
+            storable_json(value),
+            serde_json::json!({ "k\u{FFFD}": ["x\u{FFFD}", { "n": "\u{FFFD}" }], "n": 1 })
+        );
+    }
 
     #[test]
     fn ids_accept_only_the_vm_safe_alphabet() {

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::certs::SigningMaterial;
-use crate::extract::{API_KEY, BUILD_ID, Path, Query, WORKER_ID, WORKER_TOKEN, build_actor, header};
+use crate::extract::{API_KEY, BUILD_ID, Path, Query, WORKER_ID, WORKER_TOKEN, build_actor, header, json_body};
 use crate::wire::{
     ErrorBody, HeartbeatAnswer, HeartbeatRequest, LogsAccepted, LogsRequest, StatusOk, TelemetryRequest, ZipBody,
 };
@@ -221,7 +221,7 @@ pub async fn logs(
 ) -> Result<Json<LogsAccepted>, BridgeError> {
     let id = parse_id(&id)?;
     owner_activity(&state, &headers, &id, None, false).await?;
-    let Json(body) = body?;
+    let body = json_body(body)?;
     let (lines, answer) = if let Some(entries) = body.get("logs").and_then(Value::as_array) {
         if entries.len() > MAX_BATCH {
             return Err(BridgeError::BadRequest(format!("At most {MAX_BATCH} log entries per request")));
@@ -311,7 +311,7 @@ pub async fn telemetry(
     } else {
         owner_activity(&state, &headers, &id, None, true).await?;
     }
-    let Json(body) = body?;
+    let body = json_body(body)?;
     let (Some(kind), Some(_), Some(data)) =
         (body.get("type").and_then(Value::as_str), body.get("timestamp"), body.get("data"))
     else {

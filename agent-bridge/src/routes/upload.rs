@@ -204,7 +204,9 @@ async fn text(mut field: Field<'_>) -> Result<String, BridgeError> {
         }
         bytes.extend_from_slice(&chunk);
     }
-    String::from_utf8(bytes).map_err(|_| BridgeError::BadRequest("Form fields must be UTF-8 text".into()))
+    let text =
+        String::from_utf8(bytes).map_err(|_| BridgeError::BadRequest("Form fields must be UTF-8 text".into()))?;
+    Ok(dispatcher::model::storable_text(text))
 }
 
 pub(crate) fn multipart_error(e: MultipartError) -> BridgeError {

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::extract::{
-    API_KEY, AdminKey, Path, Query, WORKER_ID, WORKER_TOKEN, check_legacy_key, header, worker_by_token,
+    API_KEY, AdminKey, Path, Query, WORKER_ID, WORKER_TOKEN, check_legacy_key, header, json_body, worker_by_token,
 };
 use crate::wire::{
     AbandonRequest, BuildReport, ErrorBody, Job, PollAnswer, RegisterRequest, Registered, Success, SuccessMessage,
@@ -30,10 +30,6 @@ use crate::{BridgeError, BridgeState};
 const INSTALLER_PLACEHOLDER_ID: &str = "pending-registration";
 /// Fetches per poll and platform that may be passed over (settled or adopted).
 const FETCHES_PER_PLATFORM: usize = 4;
-
-fn parse_json(body: Result<Json<Value>, JsonRejection>) -> Result<Value, BridgeError> {
-    Ok(body?.0)
-}
 
 /// Platforms a worker declares: `capabilities.platforms` (workers, mock) or
 /// `capabilities.platform` (installer). None known means all.
@@ -71,7 +67,7 @@ pub async fn register(
     _key: AdminKey,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<Registered>, BridgeError> {
-    let body = parse_json(body)?;
+    let body = json_body(body)?;
     let name = body.get("name").and_then(Value::as_str).map(str::trim).filter(|n| !n.is_empty());
     let capabilities = body.get("capabilities").filter(|c| c.is_object());
     let (Some(name), Some(capabilities)) = (name, capabilities) else {
@@ -399,7 +395,7 @@ pub async fn abandon(
         return Err(BridgeError::Unauthorized("Missing X-Worker-Token header"));
     };
     let worker = worker_by_token(&state, token).await?;
-    let body = parse_json(body)?;
+    let body = json_body(body)?;
     let (Some(build), Some(reason)) =
         (body.get("build_id").and_then(Value::as_str), body.get("reason").and_then(Value::as_str))
     else {
@@ -427,7 +423,7 @@ async fn build_report(
     headers: &HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<(WorkerId, BuildId, Value), BridgeError> {
-    let body = parse_json(body)?;
+    let body = json_body(body)?;
     let claimed = body.get("worker_id").and_then(Value::as_str).or(header(headers, WORKER_ID));
     let worker = crate::extract::build_actor(state, headers, claimed, None).await?.worker;
     let Some(build) = body.get("build_id").and_then(Value::as_str) else {

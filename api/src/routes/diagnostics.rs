@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::ms;
-use crate::extract::{AdminKey, Path, Query};
+use crate::extract::{AdminKey, Path, Query, json_body};
 use crate::wire::{DiagnosticHistory, DiagnosticReport, ErrorBody, ReportRequest, ReportStored};
 use crate::{ApiError, ApiState};
 
@@ -57,7 +57,7 @@ pub async fn report(
     _key: AdminKey,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<ReportStored>, ApiError> {
-    let Json(body) = body?;
+    let body = json_body(body)?;
     let (Some(worker_id), Some(status), Some(duration), Some(checks)) =
         (body.get("worker_id"), body.get("status"), body.get("duration_ms"), body.get("checks"))
     else {

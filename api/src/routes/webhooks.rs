@@ -11,7 +11,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::iso;
-use crate::extract::{AdminKey, Path, Query};
+use crate::extract::{AdminKey, Path, Query, json_body};
 use crate::wire::{DeliveryBody, ErrorBody, Success, WebhookBody, WebhookRequest};
 use crate::{ApiError, ApiState};
 
@@ -70,7 +70,7 @@ pub async fn create(
     _key: AdminKey,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<WebhookBody>, ApiError> {
-    let Json(body) = body?;
+    let body = json_body(body)?;
     let Some(url) = body.get("url").and_then(Value::as_str) else {
         return Err(ApiError::BadRequest("url required".into()));
     };
@@ -100,7 +100,7 @@ fn reqwest_url(raw: &str) -> Result<String, ApiError> {
     let lower = raw.to_ascii_lowercase();
     let ok = (lower.starts_with("http://") || lower.starts_with("https://"))
         && raw.len() <= 2000
-        && !raw.chars().any(char::is_whitespace)
+        && !raw.chars().any(|c| c.is_whitespace() || c.is_control() || c == '\u{FFFD}')
         && raw.split("://").nth(1).is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
     if ok { Ok(raw.to_owned()) } else { Err(ApiError::BadRequest("url must be an http:// or https:// URL".into())) }
 }

@@ -101,3 +101,35 @@ async fn a_build_heartbeat_whose_body_is_not_json_still_counts() {
     assert_eq!(body["status"], "ok");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn text_with_nul_characters_is_stored_without_them() {
+    let app = spawn_app().await;
+    let response = app
+        .admin(Method::POST, "/api/workers/register")
+        .json(&serde_json::json!({ "name": "Mac\u{0}mini", "capabilities": { "platforms": ["ios"], "note\u{0}": "a\u{0}b" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let id = response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let stats: serde_json::Value =
+        app.admin(Method::GET, &format!("/api/workers/{id}/stats")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(stats["workerName"], "Mac\u{FFFD}mini");
+
+    let report = serde_json::json!({
+        "worker_id": id, "status": "healthy", "duration_ms": 1,
+        "checks": [{ "name": "disk\u{0}", "status": "pass", "message": "", "duration_ms": 1, "auto_fixed": false }],
+    });
+    let response = app.admin(Method::POST, "/api/diagnostics/report").json(&report).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    let response = app
+        .admin(Method::POST, "/api/webhooks")
+        .json(&serde_json::json!({ "url": "http://127.0.0.1:9/a\u{0}b" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400, "a URL with a control character is refused");
+    app.stop().await;
+}
