@@ -230,12 +230,17 @@ async fn requests_generated_from_the_document_find_no_server_error() {
             let kind: String = problem.chars().take_while(|c| *c != ':').collect();
             let entry = failures.entry((op.name(), kind)).or_insert_with(|| {
                 let example = format!(
-                    "{problem}\n      request: {} {} headers={:?} body={} ({} bytes)\n      answer: {}",
+                    "{problem}\n      request: {} {} headers={:?} body={} ({} bytes) {:?}\n      answer: {}",
                     outcome.request.method,
                     outcome.request.target.chars().take(200).collect::<String>(),
                     outcome.request.headers.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
                     outcome.request.body_kind,
                     outcome.request.body.as_ref().map_or(0, Vec::len),
+                    outcome
+                        .request
+                        .body
+                        .as_ref()
+                        .map(|b| String::from_utf8_lossy(b).chars().take(300).collect::<String>()),
                     outcome.body.chars().take(300).collect::<String>(),
                 );
                 (0, example)

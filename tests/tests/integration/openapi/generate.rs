@@ -13,7 +13,7 @@ use rand::seq::IndexedRandom;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::schema::{Hints, Operation, random_text, sample};
+use super::schema::{Hints, Operation, awkward_text, random_text, sample};
 
 /// A registered worker.
 #[derive(Debug, Clone)]
@@ -134,7 +134,10 @@ impl Hints for Ctx<'_> {
             "url" => json!(match rng.random_range(0..8) {
                 0 => "ftp://127.0.0.1/x".to_owned(),
                 1 => "http://".to_owned(),
-                2 => "not a url".to_owned(),
+                2 => ["not a url", "http://127.0.0.1:9/a\u{0}b", "http://127.0.0.1:9/\u{7f}"]
+                    .choose(rng)
+                    .unwrap()
+                    .to_string(),
                 3 => format!("http://127.0.0.1:9/{}", "p".repeat(2100)),
                 4 => "https://localhost:9/hook".to_owned(),
                 _ => format!("http://127.0.0.1:9/hook/{}", rng.random_range(0..1000)),
@@ -153,8 +156,9 @@ impl Hints for Ctx<'_> {
             "type" => json!(["monitor_started", "heartbeat", "cpu_snapshot", "custom"].choose(rng).unwrap()),
             "progress" => [json!(50), json!(-5), json!(1e308), json!("half"), json!(null)].choose(rng).unwrap().clone(),
             "active_build_count" => [json!(0), json!(1), json!(-1), json!("0")].choose(rng).unwrap().clone(),
+            "secret" if odd => json!(format!("{}{}", awkward_text(rng), "s".repeat(16))),
             "secret" => json!(random_text(rng, 8..40)),
-            "name" if odd => json!(["", "   ", &"n".repeat(300)].choose(rng).unwrap()),
+            "name" if odd => json!(["", "   ", &"n".repeat(300), "nul\u{0}name"].choose(rng).unwrap()),
             "capabilities" => match rng.random_range(0..5) {
                 0 => json!("all"),
                 1 => json!({}),

@@ -205,10 +205,33 @@ pub fn sample(doc: &Value, schema: &Value, name: Option<&str>, hints: &dyn Hints
         "number" => json!(rng.random_range(0.0..500.0)),
         "boolean" => json!(rng.random_bool(0.5)),
         _ => match schema.get("example") {
+            _ if rng.random_bool(0.1) => json!(awkward_text(rng)),
             Some(example) if rng.random_bool(0.5) => example.clone(),
             _ => json!(random_text(rng, 1..24)),
         },
     }
+}
+
+/// Text that storage and logging tend to trip over: NUL and other control
+/// characters, non-characters, emoji, right-to-left overrides, escapes.
+pub fn awkward_text(rng: &mut StdRng) -> String {
+    const AWKWARD: &[&str] = &[
+        "\u{0}",
+        "a\u{0}b",
+        "\u{1}\u{1b}[31m",
+        "\u{7f}",
+        "\u{fffe}\u{ffff}",
+        "😀👍🏽",
+        "\u{202e}txt.exe",
+        "\\",
+        "%00",
+        "\r\n",
+    ];
+    let mut text = AWKWARD.choose(rng).unwrap().to_string();
+    if rng.random_bool(0.5) {
+        text = format!("{}{text}{}", random_text(rng, 0..8), random_text(rng, 0..8));
+    }
+    text
 }
 
 /// Short printable text.
