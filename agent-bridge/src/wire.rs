@@ -24,7 +24,8 @@ pub struct ErrorBody {
 /// `publicIdentifier`, `apiKey`, ...) are ignored.
 #[derive(Debug, ToSchema)]
 pub struct RegisterRequest {
-    /// Display name (non-empty; cut to 200 characters).
+    /// Display name (not blank; cut to 200 characters).
+    #[schema(pattern = "\\S")]
     pub name: String,
     /// What the machine offers; stored as sent.
     pub capabilities: Capabilities,
@@ -297,6 +298,7 @@ pub struct HeartbeatAnswer {
 #[derive(Debug, ToSchema)]
 pub struct AuthenticateRequest {
     /// The attempt's one-time code (`job.otp`).
+    #[schema(min_length = 1)]
     pub otp: String,
 }
 

@@ -182,7 +182,7 @@ pub struct ReportRequest {
     /// A registered worker.
     pub worker_id: WorkerId,
     /// `healthy`, `warning` or `critical`.
-    #[schema(example = "healthy")]
+    #[schema(pattern = "^(healthy|warning|critical)$", example = "healthy")]
     pub status: String,
     /// How long the checks took, in milliseconds (non-negative).
     #[schema(minimum = 0)]
@@ -254,8 +254,13 @@ pub struct DiagnosticHistory {
 /// The body of `POST /api/webhooks`.
 #[derive(Debug, ToSchema)]
 pub struct WebhookRequest {
-    /// An `http://` or `https://` URL (at most 2000 characters).
-    #[schema(example = "https://ci.example.com/hooks/freeagent")]
+    /// An `http://` or `https://` URL (at most 2000 characters, no whitespace or
+    /// control characters).
+    #[schema(
+        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://[^/\\s]\\S*$",
+        max_length = 2000,
+        example = "https://ci.example.com/hooks/freeagent"
+    )]
     pub url: String,
     /// Event types (`build.completed`, ...), `build.*`, `worker.*` or `*` (default).
     pub events: Option<Vec<String>>,
