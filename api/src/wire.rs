@@ -263,6 +263,7 @@ pub struct WebhookRequest {
     )]
     pub url: String,
     /// Event types (`build.completed`, ...), `build.*`, `worker.*` or `*` (default).
+    #[schema(min_items = 1)]
     pub events: Option<Vec<String>>,
     /// The signing secret (at least 16 characters); generated when absent.
     #[schema(min_length = 16)]

@@ -213,6 +213,9 @@ pub async fn deliveries(
     Query(query): Query<DeliveriesQuery>,
 ) -> Result<Json<Vec<DeliveryBody>>, ApiError> {
     let id = parse_id(&id)?;
+    if !store::webhooks::exists(&state.backend.pool, id).await? {
+        return Err(ApiError::NotFound("Webhook not found"));
+    }
     let limit = query.limit.unwrap_or(50).clamp(1, 500);
     let rows = store::webhooks::deliveries(&state.backend.pool, id, limit).await?;
     Ok(Json(

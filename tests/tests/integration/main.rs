@@ -6,6 +6,7 @@ mod builds;
 mod cli_and_worker;
 mod concurrency;
 mod diagnostics;
+mod edges;
 mod events;
 mod health;
 mod leases;
