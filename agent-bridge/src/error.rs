@@ -5,6 +5,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use dispatcher::lease::{LeaseError, Refusal};
 
+use crate::wire::ErrorBody;
+
 /// Every way a bridge request can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
@@ -57,6 +59,19 @@ impl From<axum::extract::rejection::JsonRejection> for BridgeError {
     }
 }
 
+impl From<axum::extract::rejection::QueryRejection> for BridgeError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
+        BridgeError::BadRequest(format!("Invalid query string: {}", e.body_text()))
+    }
+}
+
+impl From<axum::extract::rejection::PathRejection> for BridgeError {
+    fn from(e: axum::extract::rejection::PathRejection) -> Self {
+        tracing::debug!(error = %e.body_text(), "undecodable path parameter");
+        BridgeError::NotFound("No such resource: the path does not decode")
+    }
+}
+
 impl From<dispatcher::store::StoreError> for BridgeError {
     fn from(e: dispatcher::store::StoreError) -> Self {
         BridgeError::Internal(e.into())
@@ -88,7 +103,7 @@ impl IntoResponse for BridgeError {
             }
             other => other.to_string(),
         };
-        let mut response = (status, Json(serde_json::json!({ "error": message }))).into_response();
+        let mut response = (status, Json(ErrorBody { error: message })).into_response();
         if matches!(self, BridgeError::Unauthorized(_) | BridgeError::Forbidden(_)) {
             response.extensions_mut().insert(dispatcher::auth::AuthFailure);
         }

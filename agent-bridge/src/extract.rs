@@ -5,6 +5,8 @@
 //! - `X-API-Key` with a worker id (`X-Worker-Id`, `?worker_id=` or a form field):
 //!   the oldest workers and VM scripts. Wrong key → 403. Can be turned off.
 //! - `X-API-Key` alone: operators (worker statistics, unregister by id).
+//!
+//! [`Path`] and [`Query`] are axum's, refusing with a JSON error body.
 
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
@@ -29,6 +31,25 @@ pub const VM_TOKEN: &str = "x-vm-token";
 /// A header as text, if present and valid.
 pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `axum::extract::Path` refusing with the BridgeError's `{"error": ...}` body: a
+/// path parameter that does not decode (not UTF-8) names nothing, so 404.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(BridgeError))]
+pub struct Path<T>(pub T);
+
+/// `axum::extract::Query` refusing with the BridgeError's `{"error": ...}` body (400).
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(BridgeError))]
+pub struct Query<T>(pub T);
+
+/// A JSON request body, its text made storable (no U+0000, which Postgres cannot
+/// hold); a body that is not JSON is a 400.
+pub fn json_body(
+    body: Result<axum::Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<serde_json::Value, BridgeError> {
+    Ok(dispatcher::model::storable_json(body?.0))
 }
 
 /// Proof that the request carries the fleet API key (401 missing, 403 wrong).

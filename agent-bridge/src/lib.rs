@@ -13,14 +13,18 @@
 //! - `extract`: credentials (worker token, legacy key + worker id, fleet key).
 //! - [`certs`]: the certificate-bundle reader behind `certs-secure`.
 //! - `routes`: `workers` (register, poll, unregister, abandon, ...), `upload`,
-//!   `builds` (source, certs, logs, telemetry, heartbeat).
+//!   `builds` (source, certs, logs, telemetry, heartbeat), `vm`.
+//! - [`wire`]: the JSON bodies the routes send and read.
+//! - [`openapi`]: the OpenAPI document of these routes, generated from them.
 
 mod cache;
 pub mod certs;
 pub mod config;
 mod error;
 mod extract;
+pub mod openapi;
 mod routes;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::Arc;

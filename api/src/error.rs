@@ -4,6 +4,8 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::wire::ErrorBody;
+
 /// Every way an api request can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -39,6 +41,19 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
     }
 }
 
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::BadRequest(format!("Invalid query string: {}", e.body_text()))
+    }
+}
+
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(e: axum::extract::rejection::PathRejection) -> Self {
+        tracing::debug!(error = %e.body_text(), "undecodable path parameter");
+        ApiError::NotFound("No such resource: the path does not decode")
+    }
+}
+
 impl From<dispatcher::store::StoreError> for ApiError {
     fn from(e: dispatcher::store::StoreError) -> Self {
         ApiError::Internal(e.into())
@@ -69,7 +84,7 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut response = (status, Json(serde_json::json!({ "error": message }))).into_response();
+        let mut response = (status, Json(ErrorBody { error: message })).into_response();
         if matches!(self, ApiError::Unauthorized(_) | ApiError::Forbidden(_)) {
             response.extensions_mut().insert(dispatcher::auth::AuthFailure);
         }

@@ -2,10 +2,11 @@
 //!
 //! - [`AdminKey`]: a valid `X-API-Key` (401 missing, 403 wrong; constant-time).
 //! - [`BuildAccess`]: a valid `X-API-Key`, or the build's own `X-Build-Token`.
+//! - [`Path`] and [`Query`]: axum's, refusing with a JSON error body.
 
 use std::collections::HashMap;
 
-use axum::extract::{FromRequestParts, Path};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use dispatcher::auth::token_matches;
 use dispatcher::model::BuildId;
@@ -20,6 +21,25 @@ pub const BUILD_TOKEN_HEADER: &str = "x-build-token";
 
 fn header<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
     parts.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `axum::extract::Path` refusing with the ApiError's `{"error": ...}` body: a
+/// path parameter that does not decode (not UTF-8) names nothing, so 404.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+/// `axum::extract::Query` refusing with the ApiError's `{"error": ...}` body (400).
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
+/// A JSON request body, its text made storable (no U+0000, which Postgres cannot
+/// hold); a body that is not JSON is a 400.
+pub fn json_body(
+    body: Result<axum::Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<serde_json::Value, ApiError> {
+    Ok(dispatcher::model::storable_json(body?.0))
 }
 
 /// Proof that the request carries the fleet API key.
@@ -69,9 +89,10 @@ impl FromRequestParts<ApiState> for BuildAccess {
             return Err(ApiError::Unauthorized("Missing X-API-Key or X-Build-Token header"));
         }
         let key_ok = key.as_deref().is_some_and(|k| state.api_key.verify(k));
-        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::NotFound("Build not found"))?;
+        let axum::extract::Path(params) =
+            axum::extract::Path::<HashMap<String, String>>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| ApiError::NotFound("Build not found"))?;
         let raw = params.get("id").cloned().unwrap_or_default();
         if key_ok {
             let id = BuildId::parse(&raw).map_err(|_| ApiError::NotFound("Build not found"))?;

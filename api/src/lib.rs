@@ -11,11 +11,15 @@
 //! - `error`: the one error enum and its `{"error":"..."}` response.
 //! - `extract`: credentials as extractors (`X-API-Key`, `X-Build-Token`).
 //! - `routes`: one file per group of routes.
+//! - [`wire`]: the JSON bodies the routes send and read.
+//! - [`openapi`]: the OpenAPI document of these routes, generated from them.
 
 pub mod config;
 mod error;
 mod extract;
+pub mod openapi;
 mod routes;
+pub mod wire;
 
 use std::sync::Arc;
 

@@ -63,6 +63,8 @@ impl Application {
                 agent_bridge::BridgeState::start(backend.clone(), api_key.clone(), config, shutdown.clone()).await?;
             router = router.merge(agent_bridge::router(state));
         }
+        // Every role serves the whole document: clients see one origin.
+        let router = router.route("/api/openapi.json", axum::routing::get(crate::openapi::serve));
         let limiter = Arc::new(FailedAuthLimiter::new(&settings.auth_limit));
         let router = router
             .fallback(not_found)

@@ -26,8 +26,9 @@ pub struct InvalidId;
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(try_from = "String", into = "String")]
+        #[schema(value_type = String, pattern = "^[A-Za-z0-9_-]{1,64}$")]
         pub struct $name(String);
 
         impl $name {
@@ -78,7 +79,7 @@ id_type!(
 );
 
 /// Target platform of a build; each has its own job subject and consumer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Platform {
     /// iOS: produces an `.ipa`.
@@ -173,9 +174,17 @@ impl BuildStatus {
     /// What clients see: every client generation knows only five values, so a
     /// cancelled build is shown as `failed` (with "Build cancelled by user").
     pub fn wire(self) -> &'static str {
+        self.wire_status().as_str()
+    }
+
+    /// [`BuildStatus::wire`] as the type the wire DTOs carry.
+    pub fn wire_status(self) -> WireStatus {
         match self {
-            BuildStatus::Cancelled => "failed",
-            other => other.as_str(),
+            BuildStatus::Pending => WireStatus::Pending,
+            BuildStatus::Assigned => WireStatus::Assigned,
+            BuildStatus::Building => WireStatus::Building,
+            BuildStatus::Completed => WireStatus::Completed,
+            BuildStatus::Failed | BuildStatus::Cancelled => WireStatus::Failed,
         }
     }
 
@@ -212,6 +221,36 @@ impl fmt::Display for BuildStatus {
     }
 }
 
+/// A build's status on the wire. The CLI refuses any value but these five, so a
+/// cancelled build is shown as `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WireStatus {
+    /// Waiting in the queue.
+    Pending,
+    /// Handed to a worker.
+    Assigned,
+    /// A worker reported activity.
+    Building,
+    /// Finished with an artifact.
+    Completed,
+    /// Finished without an artifact, or cancelled.
+    Failed,
+}
+
+impl WireStatus {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WireStatus::Pending => "pending",
+            WireStatus::Assigned => "assigned",
+            WireStatus::Building => "building",
+            WireStatus::Completed => "completed",
+            WireStatus::Failed => "failed",
+        }
+    }
+}
+
 /// Error for a status string the database should never hold.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown build status {0:?}")]
@@ -235,8 +274,28 @@ impl FromStr for BuildStatus {
 /// The error message stored on (and shown for) a cancelled build.
 pub const CANCELLED_MESSAGE: &str = "Build cancelled by user";
 
+/// Client text made storable: Postgres `text` and `jsonb` cannot hold U+0000, so
+/// it becomes U+FFFD (which keeps a trace that something was there) at the edge,
+/// instead of failing the statement that would store it.
+pub fn storable_text(text: String) -> String {
+    if text.contains('\0') { text.replace('\0', "\u{FFFD}") } else { text }
+}
+
+/// [`storable_text`] for every string and key of a JSON value.
+pub fn storable_json(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Value::String(storable_text(s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(storable_json).collect()),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (storable_text(k), storable_json(v))).collect())
+        }
+        other => other,
+    }
+}
+
 /// Level of a build log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     /// Telemetry chatter.
@@ -264,6 +323,17 @@ impl LogLevel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_text_loses_nul_characters_everywhere_in_json() {
+        assert_eq!(storable_text("a\0b".into()), "a\u{FFFD}b");
+        assert_eq!(storable_text("plain".into()), "plain");
+        let value = serde_json::json!({ "k\0": ["x\0", { "n": "\0" }], "n": 1 });
+        assert_eq!(
+            storable_json(value),
+            serde_json::json!({ "k\u{FFFD}": ["x\u{FFFD}", { "n": "\u{FFFD}" }], "n": 1 })
+        );
+    }
 
     #[test]
     fn ids_accept_only_the_vm_safe_alphabet() {

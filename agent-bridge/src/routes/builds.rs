@@ -4,8 +4,8 @@
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -17,7 +17,11 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::extract::{API_KEY, BUILD_ID, WORKER_ID, WORKER_TOKEN, build_actor, header};
+use crate::certs::SigningMaterial;
+use crate::extract::{API_KEY, BUILD_ID, Path, Query, WORKER_ID, WORKER_TOKEN, build_actor, header, json_body};
+use crate::wire::{
+    ErrorBody, HeartbeatAnswer, HeartbeatRequest, LogsAccepted, LogsRequest, StatusOk, TelemetryRequest, ZipBody,
+};
 use crate::{BridgeError, BridgeState};
 
 /// Most log lines accepted in one batch.
@@ -74,7 +78,22 @@ async fn stream_blob(
         .into_response())
 }
 
-/// `GET /api/builds/{id}/source`: the zipped project, for the lease owner.
+/// The zipped project, for the build's worker or its VM.
+#[utoipa::path(
+    get,
+    path = "/api/builds/{id}/source",
+    operation_id = "download_source",
+    tag = "worker builds",
+    security(("vm_token" = []), ("worker_token" = []), ("api_key" = [], "worker_id" = [])),
+    params(("id" = String, Path, description = "Build id")),
+    responses(
+        (status = 200, description = "The source", body = inline(ZipBody), content_type = "application/zip"),
+        (status = 401, description = "Missing, unknown or expired credentials", body = ErrorBody),
+        (status = 403, description = "Wrong `X-API-Key`, or not the build's worker", body = ErrorBody),
+        (status = 404, description = "No such build", body = ErrorBody),
+        (status = 409, description = "The lease was lost, or the build was cancelled or finished", body = ErrorBody),
+    )
+)]
 pub async fn source(
     State(state): State<BridgeState>,
     headers: HeaderMap,
@@ -85,7 +104,22 @@ pub async fn source(
     stream_blob(&state, &BlobKey::Source(id.clone()), format!("{id}.zip"), "Source not found").await
 }
 
-/// `GET /api/builds/{id}/certs`: the certificate bundle as uploaded.
+/// The certificate bundle as uploaded, for the build's worker.
+#[utoipa::path(
+    get,
+    path = "/api/builds/{id}/certs",
+    operation_id = "download_certs",
+    tag = "worker builds",
+    security(("vm_token" = []), ("worker_token" = []), ("api_key" = [], "worker_id" = [])),
+    params(("id" = String, Path, description = "Build id")),
+    responses(
+        (status = 200, description = "The bundle", body = inline(ZipBody), content_type = "application/zip"),
+        (status = 401, description = "Missing, unknown or expired credentials", body = ErrorBody),
+        (status = 403, description = "Wrong `X-API-Key`, or not the build's worker", body = ErrorBody),
+        (status = 404, description = "No such build, or it has no certificates", body = ErrorBody),
+        (status = 409, description = "The lease was lost, or the build was cancelled or finished", body = ErrorBody),
+    )
+)]
 pub async fn certs(
     State(state): State<BridgeState>,
     headers: HeaderMap,
@@ -99,12 +133,33 @@ pub async fn certs(
     stream_blob(&state, &BlobKey::Certs(id.clone()), format!("{id}-certs.zip"), "Certs not found").await
 }
 
-/// `GET /api/builds/{id}/certs-secure`: the bundle unpacked for the build VM.
+/// The certificate bundle unpacked for the build VM (camelCase keys).
+///
+/// With `X-API-Key`, the V0 scripts' `X-Build-Id` must name the build in the path.
+#[utoipa::path(
+    get,
+    path = "/api/builds/{id}/certs-secure",
+    operation_id = "certs_secure",
+    tag = "worker builds",
+    security(("vm_token" = []), ("worker_token" = []), ("api_key" = [], "worker_id" = [])),
+    params(
+        ("id" = String, Path, description = "Build id"),
+        ("X-Build-Id" = Option<String>, Header, description = "The build in the path (required with `X-API-Key`)"),
+    ),
+    responses(
+        (status = 200, description = "The signing material", body = SigningMaterial),
+        (status = 401, description = "Missing, unknown or expired credentials", body = ErrorBody),
+        (status = 403, description = "Wrong `X-API-Key`, or not the build's worker", body = ErrorBody),
+        (status = 404, description = "No such build, or it has no certificates", body = ErrorBody),
+        (status = 409, description = "The lease was lost, or the build was cancelled or finished", body = ErrorBody),
+        (status = 422, description = "The bundle is not a usable zip", body = ErrorBody),
+    )
+)]
 pub async fn certs_secure(
     State(state): State<BridgeState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<Value>, BridgeError> {
+) -> Result<Json<SigningMaterial>, BridgeError> {
     let id = parse_id(&id)?;
     let build = owner_activity(&state, &headers, &id, None, true).await?;
     if !build.has_certs() {
@@ -123,7 +178,7 @@ pub async fn certs_secure(
         .await
         .map_err(|e| BridgeError::Internal(e.into()))?
         .map_err(|e| BridgeError::Unprocessable(format!("Failed to process certs file: {e}")))?;
-    Ok(Json(serde_json::to_value(material).map_err(|e| BridgeError::Internal(e.into()))?))
+    Ok(Json(material))
 }
 
 fn level_of(value: Option<&Value>) -> Option<LogLevel> {
@@ -140,23 +195,40 @@ fn message_of(value: Option<&Value>) -> Option<String> {
     Some(message.chars().take(MAX_MESSAGE).collect())
 }
 
-/// `POST /api/builds/{id}/logs`: `{level, message}` or `{logs:[...]}`.
+/// Appends log lines of a build: `{level, message}` or `{logs:[...]}`.
+#[utoipa::path(
+    post,
+    path = "/api/builds/{id}/logs",
+    operation_id = "append_logs",
+    tag = "worker builds",
+    security(("vm_token" = []), ("worker_token" = []), ("api_key" = [], "worker_id" = [])),
+    params(("id" = String, Path, description = "Build id")),
+    request_body = LogsRequest,
+    responses(
+        (status = 200, description = "Stored", body = LogsAccepted),
+        (status = 400, description = "Not JSON, or neither a line nor a batch (of at most 1000)", body = ErrorBody),
+        (status = 401, description = "Missing, unknown or expired credentials", body = ErrorBody),
+        (status = 403, description = "Wrong `X-API-Key`, or not the build's worker", body = ErrorBody),
+        (status = 404, description = "No such build", body = ErrorBody),
+        (status = 409, description = "The lease was lost, or the build was cancelled or finished", body = ErrorBody),
+    )
+)]
 pub async fn logs(
     State(state): State<BridgeState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Json<Value>, JsonRejection>,
-) -> Result<Json<Value>, BridgeError> {
+) -> Result<Json<LogsAccepted>, BridgeError> {
     let id = parse_id(&id)?;
     owner_activity(&state, &headers, &id, None, false).await?;
-    let Json(body) = body?;
+    let body = json_body(body)?;
     let (lines, answer) = if let Some(entries) = body.get("logs").and_then(Value::as_array) {
         if entries.len() > MAX_BATCH {
             return Err(BridgeError::BadRequest(format!("At most {MAX_BATCH} log entries per request")));
         }
         let lines: Vec<(LogLevel, String)> =
             entries.iter().filter_map(|e| Some((level_of(e.get("level"))?, message_of(e.get("message"))?))).collect();
-        (lines, json!({ "success": true, "count": entries.len() }))
+        (lines, LogsAccepted { success: true, count: Some(entries.len()) })
     } else if body.get("level").is_some() || body.get("message").is_some() {
         let Some(level) = level_of(body.get("level")) else {
             return Err(BridgeError::BadRequest("Invalid log level. Must be: info, warn, or error".into()));
@@ -164,7 +236,7 @@ pub async fn logs(
         let Some(message) = message_of(body.get("message")) else {
             return Err(BridgeError::BadRequest("Invalid body. Expected { level, message } or { logs: [...] }".into()));
         };
-        (vec![(level, message)], json!({ "success": true }))
+        (vec![(level, message)], LogsAccepted { success: true, count: None })
     } else {
         return Err(BridgeError::BadRequest("Invalid body. Expected { level, message } or { logs: [...] }".into()));
     };
@@ -188,13 +260,36 @@ async fn publish_live(state: &BridgeState, id: &BuildId, lines: &[(LogLevel, Str
     }
 }
 
-/// `POST /api/builds/{id}/telemetry`: VM monitor and host monitor samples.
+/// A sample of the VM monitor or the host monitor; counts as activity.
+///
+/// The old host monitor sends only `X-Worker-Id` and `X-Build-Id` (accepted
+/// unless turned off); with `X-API-Key`, `X-Build-Id` must name the build.
+#[utoipa::path(
+    post,
+    path = "/api/builds/{id}/telemetry",
+    operation_id = "telemetry",
+    tag = "worker builds",
+    security(("vm_token" = []), ("worker_token" = []), ("api_key" = [], "worker_id" = []), ("worker_id" = [])),
+    params(
+        ("id" = String, Path, description = "Build id"),
+        ("X-Build-Id" = Option<String>, Header, description = "The build in the path (required with `X-API-Key` or without credentials)"),
+    ),
+    request_body = TelemetryRequest,
+    responses(
+        (status = 200, description = "Stored", body = StatusOk),
+        (status = 400, description = "Not JSON, or no `type`, `timestamp` or `data`", body = ErrorBody),
+        (status = 401, description = "Missing, unknown or expired credentials", body = ErrorBody),
+        (status = 403, description = "Wrong `X-API-Key`, or not the build's worker", body = ErrorBody),
+        (status = 404, description = "No such build", body = ErrorBody),
+        (status = 409, description = "The lease was lost, or the build was cancelled or finished", body = ErrorBody),
+    )
+)]
 pub async fn telemetry(
     State(state): State<BridgeState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Json<Value>, JsonRejection>,
-) -> Result<Json<Value>, BridgeError> {
+) -> Result<Json<StatusOk>, BridgeError> {
     let id = parse_id(&id)?;
     let keyless = header(&headers, API_KEY).is_none()
         && header(&headers, WORKER_TOKEN).is_none()
@@ -216,7 +311,7 @@ pub async fn telemetry(
     } else {
         owner_activity(&state, &headers, &id, None, true).await?;
     }
-    let Json(body) = body?;
+    let body = json_body(body)?;
     let (Some(kind), Some(_), Some(data)) =
         (body.get("type").and_then(Value::as_str), body.get("timestamp"), body.get("data"))
     else {
@@ -255,7 +350,7 @@ pub async fn telemetry(
             store::logs::append(pool, &id, LogLevel::Debug, &format!("[VM] {kind}: {data}")).await?;
         }
     }
-    Ok(Json(json!({ "status": "ok" })))
+    Ok(Json(StatusOk { status: "ok" }))
 }
 
 /// Query of the heartbeat route.
@@ -264,14 +359,46 @@ pub struct HeartbeatQuery {
     worker_id: Option<String>,
 }
 
-/// `POST /api/builds/{id}/heartbeat?worker_id=`: `{progress}` or `{}`.
+/// The build is alive (W4 every 20 s, with `X-VM-Token`): `{progress}` or `{}`.
+///
+/// Any answer but 200 makes W4 abort the build.
+#[utoipa::path(
+    post,
+    path = "/api/builds/{id}/heartbeat",
+    operation_id = "build_heartbeat",
+    tag = "worker builds",
+    security(("vm_token" = []), ("worker_token" = []), ("api_key" = [], "worker_id" = [])),
+    params(
+        ("id" = String, Path, description = "Build id"),
+        ("worker_id" = Option<String>, Query, description = "The worker (W4 sends it; with `X-API-Key` it names the worker)"),
+    ),
+    request_body(content = Option<HeartbeatRequest>, description = "Optional; a body that is not JSON is ignored"),
+    responses(
+        (status = 200, description = "Noted", body = HeartbeatAnswer),
+        (status = 400, description = "`X-API-Key` without a worker id", body = ErrorBody),
+        (status = 401, description = "Missing, unknown or expired credentials", body = ErrorBody),
+        (status = 403, description = "Wrong `X-API-Key`, or not the build's worker", body = ErrorBody),
+        (status = 404, description = "No such build", body = ErrorBody),
+        (status = 409, description = "The lease was lost, or the build was cancelled or finished", body = ErrorBody),
+    )
+)]
 pub async fn heartbeat(
     State(state): State<BridgeState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): Query<HeartbeatQuery>,
-    body: Option<Json<Value>>,
-) -> Result<Json<Value>, BridgeError> {
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<HeartbeatAnswer>, BridgeError> {
+    // The body is optional (W4 sends `{}` or `{progress}`); one that is not JSON
+    // is ignored rather than refused, since any answer but 200 aborts W4's build.
+    // One over the JSON body limit is refused all the same: no worker sends that.
+    let body = match body {
+        Ok(body) => Some(body),
+        Err(rejection) if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(BridgeError::TooLarge("Request body too large"));
+        }
+        Err(_) => None,
+    };
     let id = parse_id(&id)?;
     if header(&headers, API_KEY).is_some()
         && header(&headers, WORKER_TOKEN).is_none()
@@ -286,7 +413,7 @@ pub async fn heartbeat(
         let message = format!("Build progress: {}%", progress.clamp(0.0, 100.0).round());
         store::logs::append(&state.backend.pool, &id, LogLevel::Info, &message).await?;
     }
-    Ok(Json(json!({ "status": "ok", "timestamp": chrono::Utc::now().timestamp_millis() })))
+    Ok(Json(HeartbeatAnswer { status: "ok", timestamp: chrono::Utc::now().timestamp_millis() }))
 }
 
 fn check_key_only(state: &BridgeState, headers: &HeaderMap) -> Result<(), BridgeError> {

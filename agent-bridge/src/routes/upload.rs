@@ -15,9 +15,9 @@ use axum::http::{HeaderMap, StatusCode};
 use dispatcher::blobs::{BlobKey, WriteError};
 use dispatcher::lease::{self, Ended, StagedResult};
 use dispatcher::model::{BuildId, WorkerId};
-use serde_json::{Value, json};
 
 use crate::extract::{API_KEY, WORKER_TOKEN, check_legacy_key, header, worker_by_token};
+use crate::wire::{ErrorBody, UploadAnswer, UploadForm};
 use crate::{BridgeError, BridgeState};
 
 const MAX_TEXT_FIELD: usize = 64 * 1024;
@@ -36,12 +36,32 @@ struct Report {
     staged: Option<StagedResult>,
 }
 
-/// The upload handler.
+/// The build's worker reports its result: an artifact (success) or a failure.
+///
+/// A report on a build that already has this result is answered 200 without
+/// change; `success=true` without a file on a running build fails it.
+#[utoipa::path(
+    post,
+    path = "/api/workers/upload",
+    operation_id = "upload_result",
+    tag = "workers",
+    security(("worker_token" = []), ("api_key" = [])),
+    request_body(content = inline(UploadForm), content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "Accepted", body = UploadAnswer),
+        (status = 400, description = "Not multipart, malformed, or no `build_id` or `worker_id`", body = ErrorBody),
+        (status = 401, description = "No credentials, or an unknown worker token", body = ErrorBody),
+        (status = 403, description = "Wrong `X-API-Key`, or not the build's worker", body = ErrorBody),
+        (status = 404, description = "No such build or worker", body = ErrorBody),
+        (status = 409, description = "The lease was lost, or the build was cancelled or finished", body = ErrorBody),
+        (status = 413, description = "The file or a field passed its limit", body = ErrorBody),
+    )
+)]
 pub async fn upload(
     State(state): State<BridgeState>,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
-) -> Result<Json<Value>, BridgeError> {
+) -> Result<Json<UploadAnswer>, BridgeError> {
     // Credentials first: nothing is read from an unauthenticated request.
     let token_worker = match header(&headers, WORKER_TOKEN) {
         Some(token) => Some(worker_by_token(&state, token).await?.identity.id),
@@ -84,7 +104,7 @@ async fn settle(
     state: &BridgeState,
     token_worker: Option<WorkerId>,
     report: &mut Report,
-) -> Result<Json<Value>, BridgeError> {
+) -> Result<Json<UploadAnswer>, BridgeError> {
     let claimed = report.worker_id.as_deref();
     let (Some(build), Some(worker)) =
         (report.build_id.as_deref(), token_worker.as_ref().map(WorkerId::as_str).or(claimed))
@@ -108,10 +128,10 @@ async fn settle(
         let staged = report.staged.take();
         let had_file = staged.is_some();
         match lease::complete(&state.backend, &id, &worker, staged).await?? {
-            Ended::Now if had_file => Ok(Json(json!({ "status": "success", "success": true }))),
-            Ended::AlreadyAccepted => Ok(Json(json!({ "status": "success", "success": true }))),
+            Ended::Now if had_file => Ok(Json(UploadAnswer { status: "success", success: true })),
+            Ended::AlreadyAccepted => Ok(Json(UploadAnswer { status: "success", success: true })),
             // Success without a file on a running build: a failure, as it always was.
-            Ended::Now => Ok(Json(json!({ "status": "failed", "success": true }))),
+            Ended::Now => Ok(Json(UploadAnswer { status: "failed", success: true })),
         }
     } else {
         if let Some(staged) = report.staged.take() {
@@ -121,7 +141,7 @@ async fn settle(
             report.error_message.as_deref().map(str::trim).filter(|m| !m.is_empty()).unwrap_or("Build failed");
         let message: String = message.chars().take(4000).collect();
         lease::fail(&state.backend, &id, &worker, &message).await??;
-        Ok(Json(json!({ "status": "failed", "success": true })))
+        Ok(Json(UploadAnswer { status: "failed", success: true }))
     }
 }
 
@@ -184,7 +204,9 @@ async fn text(mut field: Field<'_>) -> Result<String, BridgeError> {
         }
         bytes.extend_from_slice(&chunk);
     }
-    String::from_utf8(bytes).map_err(|_| BridgeError::BadRequest("Form fields must be UTF-8 text".into()))
+    let text =
+        String::from_utf8(bytes).map_err(|_| BridgeError::BadRequest("Form fields must be UTF-8 text".into()))?;
+    Ok(dispatcher::model::storable_text(text))
 }
 
 pub(crate) fn multipart_error(e: MultipartError) -> BridgeError {

@@ -13,7 +13,7 @@
 use axum::Json;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Multipart, Path, Query, State};
+use axum::extract::{Multipart, State};
 use axum::http::HeaderMap;
 use dispatcher::auth::{generate_token, hash_token};
 use dispatcher::blobs::BlobKey;
@@ -21,11 +21,12 @@ use dispatcher::lease::{self, Ended, StagedResult};
 use dispatcher::model::{BuildId, BuildStatus, LogLevel};
 use dispatcher::store::{self, leases::OtpRefusal};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::builds::owner_activity;
 use super::upload::{multipart_error, stream_file};
-use crate::extract::{VM_TOKEN, build_actor, header};
+use crate::extract::{Path, Query, VM_TOKEN, build_actor, header};
+use crate::wire::{ArtifactForm, AuthenticateRequest, ErrorBody, Success, VmReady, VmStatus, VmToken};
 use crate::{BridgeError, BridgeState};
 
 fn parse_id(raw: &str) -> Result<BuildId, BridgeError> {
@@ -36,12 +37,28 @@ fn iso(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// `POST /api/builds/{id}/authenticate` `{otp}` → `{vm_token, expires_at}`.
+/// The build VM exchanges the attempt's one-time code for a VM token.
+#[utoipa::path(
+    post,
+    path = "/api/builds/{id}/authenticate",
+    operation_id = "authenticate_vm",
+    tag = "vm",
+    security(()),
+    params(("id" = String, Path, description = "Build id")),
+    request_body = AuthenticateRequest,
+    responses(
+        (status = 200, description = "The VM token", body = VmToken),
+        (status = 400, description = "Not JSON, or no `otp`", body = ErrorBody),
+        (status = 401, description = "Wrong, expired or no one-time code for this build", body = ErrorBody),
+        (status = 404, description = "No such build", body = ErrorBody),
+        (status = 409, description = "The build was cancelled or finished", body = ErrorBody),
+    )
+)]
 pub async fn authenticate(
     State(state): State<BridgeState>,
     Path(id): Path<String>,
     body: Result<Json<Value>, JsonRejection>,
-) -> Result<Json<Value>, BridgeError> {
+) -> Result<Json<VmToken>, BridgeError> {
     let id = parse_id(&id)?;
     let Json(body) = body?;
     let Some(otp) = body.get("otp").and_then(Value::as_str).filter(|o| !o.is_empty()) else {
@@ -62,15 +79,30 @@ pub async fn authenticate(
     store::logs::append(&mut *tx, &id, LogLevel::Info, "VM authenticated with OTP").await?;
     tx.commit().await.map_err(|e| BridgeError::Internal(e.into()))?;
     tracing::info!(build.id = %id, "VM authenticated");
-    Ok(Json(json!({ "vm_token": vm_token, "expires_at": iso(expires) })))
+    Ok(Json(VmToken { vm_token, expires_at: iso(expires) }))
 }
 
-/// `POST /api/builds/{id}/vm-ready` (`X-VM-Token`, any body).
+/// The build VM is up (any body).
+#[utoipa::path(
+    post,
+    path = "/api/builds/{id}/vm-ready",
+    operation_id = "vm_ready",
+    tag = "vm",
+    security(("vm_token" = [])),
+    params(("id" = String, Path, description = "Build id")),
+    responses(
+        (status = 200, description = "Noted", body = VmReady),
+        (status = 401, description = "No, or an unknown or expired `X-VM-Token`", body = ErrorBody),
+        (status = 403, description = "Not the build's VM", body = ErrorBody),
+        (status = 404, description = "No such build", body = ErrorBody),
+        (status = 409, description = "The lease was lost, or the build was cancelled or finished", body = ErrorBody),
+    )
+)]
 pub async fn vm_ready(
     State(state): State<BridgeState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<Value>, BridgeError> {
+) -> Result<Json<VmReady>, BridgeError> {
     let id = parse_id(&id)?;
     if header(&headers, VM_TOKEN).is_none() {
         return Err(BridgeError::Unauthorized("Missing X-VM-Token header"));
@@ -80,7 +112,7 @@ pub async fn vm_ready(
         return Err(BridgeError::Conflict(lease::Refusal::LeaseLost.message()));
     };
     store::logs::append(&state.backend.pool, &id, LogLevel::Info, "VM signaled ready").await?;
-    Ok(Json(json!({ "success": true, "vm_ready_at": iso(ready_at) })))
+    Ok(Json(VmReady { success: true, vm_ready_at: iso(ready_at) }))
 }
 
 /// Query of `vm-status`.
@@ -89,15 +121,36 @@ pub struct StatusQuery {
     worker_id: Option<String>,
 }
 
-/// `GET /api/builds/{id}/vm-status`: for the assigned worker, `{vm_ready:false}`
-/// or `{vm_ready:true, vm_token, vm_ready_at}` (a token of its own for the build's
-/// heartbeats).
+/// Whether the build VM is ready, for the build's worker.
+///
+/// `{vm_ready:false}`, or `{vm_ready:true, vm_token, vm_ready_at}` with a token of
+/// the worker's own for the build's heartbeats. Without credentials only when
+/// the server allows it (the 927aa78 Swift worker).
+#[utoipa::path(
+    get,
+    path = "/api/builds/{id}/vm-status",
+    operation_id = "vm_status",
+    tag = "vm",
+    security(("worker_token" = []), ("api_key" = [], "worker_id" = []), ("vm_token" = []), ()),
+    params(
+        ("id" = String, Path, description = "Build id"),
+        ("worker_id" = Option<String>, Query, description = "The worker, with `X-API-Key` (or `X-Worker-Id`)"),
+    ),
+    responses(
+        (status = 200, description = "The VM's state", body = VmStatus),
+        (status = 400, description = "An undecodable query string", body = ErrorBody),
+        (status = 401, description = "Missing, unknown or expired credentials", body = ErrorBody),
+        (status = 403, description = "Wrong `X-API-Key`, or not the build's worker", body = ErrorBody),
+        (status = 404, description = "No such build", body = ErrorBody),
+        (status = 409, description = "The build is not leased (pending, cancelled or finished)", body = ErrorBody),
+    )
+)]
 pub async fn vm_status(
     State(state): State<BridgeState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): Query<StatusQuery>,
-) -> Result<Json<Value>, BridgeError> {
+) -> Result<Json<VmStatus>, BridgeError> {
     let id = parse_id(&id)?;
     let build =
         store::builds::get_build(&state.backend.pool, &id).await?.ok_or(BridgeError::NotFound("Build not found"))?;
@@ -117,19 +170,38 @@ pub async fn vm_status(
     }
     let token = generate_token();
     match store::leases::vm_status_token(&state.backend.pool, &id, &hash_token(&token)).await? {
-        Some(ready_at) => Ok(Json(json!({ "vm_ready": true, "vm_token": token, "vm_ready_at": iso(ready_at) }))),
-        None => Ok(Json(json!({ "vm_ready": false }))),
+        Some(ready_at) => {
+            Ok(Json(VmStatus { vm_ready: true, vm_token: Some(token), vm_ready_at: Some(iso(ready_at)) }))
+        }
+        None => Ok(Json(VmStatus { vm_ready: false, vm_token: None, vm_ready_at: None })),
     }
 }
 
-/// `POST /api/builds/{id}/artifact`: multipart `artifact`, streamed; completes the
-/// build for its lease owner.
+/// The build VM uploads the artifact (multipart `artifact`, streamed); completes the build.
+#[utoipa::path(
+    post,
+    path = "/api/builds/{id}/artifact",
+    operation_id = "upload_artifact",
+    tag = "vm",
+    security(("vm_token" = []), ("worker_token" = []), ("api_key" = [], "worker_id" = [])),
+    params(("id" = String, Path, description = "Build id")),
+    request_body(content = inline(ArtifactForm), content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "Stored; the build is completed", body = Success),
+        (status = 400, description = "Not multipart, malformed, or no `artifact` file", body = ErrorBody),
+        (status = 401, description = "Missing, unknown or expired credentials", body = ErrorBody),
+        (status = 403, description = "Wrong `X-API-Key`, or not the build's worker", body = ErrorBody),
+        (status = 404, description = "No such build", body = ErrorBody),
+        (status = 409, description = "The lease was lost, or the build was cancelled or finished", body = ErrorBody),
+        (status = 413, description = "The artifact passed its limit", body = ErrorBody),
+    )
+)]
 pub async fn artifact(
     State(state): State<BridgeState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     multipart: Result<Multipart, MultipartRejection>,
-) -> Result<Json<Value>, BridgeError> {
+) -> Result<Json<Success>, BridgeError> {
     let id = parse_id(&id)?;
     let actor = build_actor(&state, &headers, None, Some(&id)).await?;
     let current =
@@ -159,6 +231,6 @@ pub async fn artifact(
         return Err(BridgeError::BadRequest("No artifact file provided".into()));
     };
     match lease::complete(&state.backend, &id, &actor.worker, Some(staged)).await?? {
-        Ended::Now | Ended::AlreadyAccepted => Ok(Json(json!({ "success": true }))),
+        Ended::Now | Ended::AlreadyAccepted => Ok(Json(Success { success: true })),
     }
 }

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use axum::Json;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use chrono::Utc;
 use dispatcher::auth::{generate_token, hash_token};
@@ -16,7 +16,13 @@ use dispatcher::store::{self, workers::Registration, workers::WorkerIdentity};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::extract::{API_KEY, AdminKey, WORKER_ID, WORKER_TOKEN, check_legacy_key, header, worker_by_token};
+use crate::extract::{
+    API_KEY, AdminKey, Path, Query, WORKER_ID, WORKER_TOKEN, check_legacy_key, header, json_body, worker_by_token,
+};
+use crate::wire::{
+    AbandonRequest, BuildReport, ErrorBody, Job, PollAnswer, RegisterRequest, Registered, Success, SuccessMessage,
+    Unregistered, WorkerStats, WorkerSummary,
+};
 use crate::{BridgeError, BridgeState};
 
 /// The id the worker installer writes when its registration failed; several
@@ -24,10 +30,6 @@ use crate::{BridgeError, BridgeState};
 const INSTALLER_PLACEHOLDER_ID: &str = "pending-registration";
 /// Fetches per poll and platform that may be passed over (settled or adopted).
 const FETCHES_PER_PLATFORM: usize = 4;
-
-fn parse_json(body: Result<Json<Value>, JsonRejection>) -> Result<Value, BridgeError> {
-    Ok(body?.0)
-}
 
 /// Platforms a worker declares: `capabilities.platforms` (workers, mock) or
 /// `capabilities.platform` (installer). None known means all.
@@ -45,13 +47,27 @@ fn declared_platforms(capabilities: &Value) -> Vec<Platform> {
     if platforms.is_empty() { Platform::ALL.to_vec() } else { platforms }
 }
 
-/// `POST /api/workers/register` (fleet key).
+/// Registers a worker, or re-registers a known id; issues a worker token.
+#[utoipa::path(
+    post,
+    path = "/api/workers/register",
+    operation_id = "register_worker",
+    tag = "workers",
+    security(("api_key" = [])),
+    request_body = RegisterRequest,
+    responses(
+        (status = 200, description = "Registered (always 200: W2+ require exactly that)", body = Registered),
+        (status = 400, description = "Not JSON, or no `name` or `capabilities` object", body = ErrorBody),
+        (status = 401, description = "No `X-API-Key`", body = ErrorBody),
+        (status = 403, description = "Wrong `X-API-Key`", body = ErrorBody),
+    )
+)]
 pub async fn register(
     State(state): State<BridgeState>,
     _key: AdminKey,
     body: Result<Json<Value>, JsonRejection>,
-) -> Result<Json<Value>, BridgeError> {
-    let body = parse_json(body)?;
+) -> Result<Json<Registered>, BridgeError> {
+    let body = json_body(body)?;
     let name = body.get("name").and_then(Value::as_str).map(str::trim).filter(|n| !n.is_empty());
     let capabilities = body.get("capabilities").filter(|c| c.is_object());
     let (Some(name), Some(capabilities)) = (name, capabilities) else {
@@ -91,13 +107,13 @@ pub async fn register(
     let data = json!({ "worker_id": id, "name": name, "platforms": platforms, "requeued": requeued });
     store::outbox::record(&state.backend.pool, "worker", id.as_str(), event, &data).await?;
     tracing::info!(worker.id = %id, created, "worker registered");
-    Ok(Json(json!({
-        "id": id,
-        "status": if created { "registered" } else { "re-registered" },
-        "baseImageId": state.config.base_image_id,
-        "access_token": token,
-        "message": if created { "Worker registered successfully" } else { "Worker re-registered successfully" },
-    })))
+    Ok(Json(Registered {
+        id,
+        status: if created { "registered" } else { "re-registered" },
+        base_image_id: state.config.base_image_id.clone(),
+        access_token: token,
+        message: if created { "Worker registered successfully" } else { "Worker re-registered successfully" },
+    }))
 }
 
 async fn give_back_leases(state: &BridgeState, worker: &WorkerId, reason: &str) -> Result<usize, BridgeError> {
@@ -119,12 +135,34 @@ pub struct PollQuery {
     wait: Option<String>,
 }
 
-/// `GET /api/workers/poll`: `{job, access_token}`; `?wait=N` long-polls.
+/// Asks for a job: the next build of the worker's platforms, or its own build again.
+///
+/// A worker at capacity that polls has restarted and gets its build again (with
+/// a fresh `otp`). `?wait=N` long-polls up to N seconds (capped by the server).
+#[utoipa::path(
+    get,
+    path = "/api/workers/poll",
+    operation_id = "poll",
+    tag = "workers",
+    security(("worker_token" = []), ("api_key" = [])),
+    params(
+        ("worker_id" = Option<String>, Query, description = "The worker, with `X-API-Key` (or `X-Worker-Id`)"),
+        ("wait" = Option<f64>, Query, minimum = 0, description = "Seconds to wait for a job (default 0)"),
+        ("X-Worker-Id" = Option<String>, Header, description = "The worker, with `X-API-Key`, when `worker_id` is absent"),
+    ),
+    responses(
+        (status = 200, description = "A job or `null`", body = PollAnswer),
+        (status = 400, description = "No worker id with the key, or `wait` is not a number", body = ErrorBody),
+        (status = 401, description = "No credentials, or an unknown worker token", body = ErrorBody),
+        (status = 403, description = "Wrong `X-API-Key`", body = ErrorBody),
+        (status = 404, description = "No such worker (key path)", body = ErrorBody),
+    )
+)]
 pub async fn poll(
     State(state): State<BridgeState>,
     headers: HeaderMap,
     Query(query): Query<PollQuery>,
-) -> Result<Json<Value>, BridgeError> {
+) -> Result<Json<PollAnswer>, BridgeError> {
     let (worker, token) = if let Some(token) = header(&headers, WORKER_TOKEN) {
         let w = worker_by_token(&state, token).await?;
         (w.identity, Some(w.token))
@@ -154,8 +192,9 @@ pub async fn poll(
     let wait = match query.wait.as_deref() {
         None => Duration::ZERO,
         Some(raw) => match raw.parse::<f64>() {
+            // Capped before the conversion, which panics past about 1.8e19 seconds.
             Ok(secs) if secs.is_finite() && secs >= 0.0 => {
-                Duration::from_secs_f64(secs).min(state.config.max_poll_wait)
+                Duration::from_secs_f64(secs.min(state.config.max_poll_wait.as_secs_f64()))
             }
             _ => return Err(BridgeError::BadRequest("wait must be a number of seconds".into())),
         },
@@ -164,26 +203,22 @@ pub async fn poll(
         store::workers::touch_seen(&state.backend.pool, &worker.id).await?;
     }
     let job = find_job(&state, &worker, wait).await?;
-    let mut answer = json!({ "job": job });
-    if let Some(token) = token {
-        answer["access_token"] = json!(token);
+    Ok(Json(PollAnswer { job, access_token: token }))
+}
+
+fn job_json(state: &BridgeState, build: &Build, otp: &str) -> Job {
+    Job {
+        id: build.id.clone(),
+        platform: build.platform,
+        source_url: format!("/api/builds/{}/source", build.id),
+        certs_url: build.has_certs().then(|| format!("/api/builds/{}/certs", build.id)),
+        base_image_id: state.config.base_image_id.clone(),
+        otp: otp.to_owned(),
+        submitted_at: build.submitted_at.timestamp_millis(),
     }
-    Ok(Json(answer))
 }
 
-fn job_json(state: &BridgeState, build: &Build, otp: &str) -> Value {
-    json!({
-        "id": build.id,
-        "platform": build.platform,
-        "source_url": format!("/api/builds/{}/source", build.id),
-        "certs_url": build.has_certs().then(|| format!("/api/builds/{}/certs", build.id)),
-        "baseImageId": state.config.base_image_id,
-        "otp": otp,
-        "submitted_at": build.submitted_at.timestamp_millis(),
-    })
-}
-
-async fn find_job(state: &BridgeState, worker: &WorkerIdentity, wait: Duration) -> Result<Option<Value>, BridgeError> {
+async fn find_job(state: &BridgeState, worker: &WorkerIdentity, wait: Duration) -> Result<Option<Job>, BridgeError> {
     let capacity = usize::try_from(worker.max_concurrent).unwrap_or(1);
     let known = state.cache.lease_count(&worker.id);
     let live = match known {
@@ -221,7 +256,7 @@ async fn find_job(state: &BridgeState, worker: &WorkerIdentity, wait: Duration) 
     }
 }
 
-async fn try_fetch(state: &BridgeState, worker: &WorkerIdentity) -> Result<Option<Value>, BridgeError> {
+async fn try_fetch(state: &BridgeState, worker: &WorkerIdentity) -> Result<Option<Job>, BridgeError> {
     for platform in &worker.platforms {
         if state.signals.maybe_available(*platform).is_none() {
             continue;
@@ -276,8 +311,22 @@ async fn try_fetch(state: &BridgeState, worker: &WorkerIdentity) -> Result<Optio
     Ok(None)
 }
 
-/// `POST /api/workers/unregister` (worker token): gives back the worker's builds.
-pub async fn unregister(State(state): State<BridgeState>, headers: HeaderMap) -> Result<Json<Value>, BridgeError> {
+/// Unregisters the token's worker: its builds go back to the queue, it goes offline.
+#[utoipa::path(
+    post,
+    path = "/api/workers/unregister",
+    operation_id = "unregister_worker",
+    tag = "workers",
+    security(("worker_token" = [])),
+    responses(
+        (status = 200, description = "Unregistered", body = Unregistered),
+        (status = 401, description = "No or an unknown `X-Worker-Token`", body = ErrorBody),
+    )
+)]
+pub async fn unregister(
+    State(state): State<BridgeState>,
+    headers: HeaderMap,
+) -> Result<Json<Unregistered>, BridgeError> {
     let Some(token) = header(&headers, WORKER_TOKEN) else {
         return Err(BridgeError::Unauthorized("Missing X-Worker-Token header"));
     };
@@ -285,39 +334,68 @@ pub async fn unregister(State(state): State<BridgeState>, headers: HeaderMap) ->
     unregister_worker(&state, &worker.identity.id).await
 }
 
-/// `POST /api/workers/{id}/unregister` (fleet key), as the oldest workers call it.
+/// Unregisters a worker by id, as the oldest workers call it (fleet key).
+#[utoipa::path(
+    post,
+    path = "/api/workers/{id}/unregister",
+    operation_id = "unregister_worker_by_id",
+    tag = "workers",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "Worker id")),
+    responses(
+        (status = 200, description = "Unregistered", body = Unregistered),
+        (status = 401, description = "No `X-API-Key`", body = ErrorBody),
+        (status = 403, description = "Wrong `X-API-Key`", body = ErrorBody),
+        (status = 404, description = "No such worker", body = ErrorBody),
+    )
+)]
 pub async fn unregister_by_id(
     State(state): State<BridgeState>,
     _key: AdminKey,
     Path(id): Path<String>,
-) -> Result<Json<Value>, BridgeError> {
+) -> Result<Json<Unregistered>, BridgeError> {
     let id = WorkerId::parse(&id).map_err(|_| BridgeError::NotFound("Worker not found"))?;
     store::workers::find_identity(&state.backend.pool, &id).await?.ok_or(BridgeError::NotFound("Worker not found"))?;
     unregister_worker(&state, &id).await
 }
 
-async fn unregister_worker(state: &BridgeState, id: &WorkerId) -> Result<Json<Value>, BridgeError> {
+async fn unregister_worker(state: &BridgeState, id: &WorkerId) -> Result<Json<Unregistered>, BridgeError> {
     state.cache.forget(id);
     let reassigned = give_back_leases(state, id, "Worker unregistered").await?;
     store::workers::set_offline(&state.backend.pool, id).await?;
     let data = json!({ "worker_id": id, "builds_reassigned": reassigned });
     store::outbox::record(&state.backend.pool, "worker", id.as_str(), "unregistered", &data).await?;
     tracing::info!(worker.id = %id, reassigned, "worker unregistered");
-    Ok(Json(json!({ "success": true, "message": "Worker unregistered", "builds_reassigned": reassigned })))
+    Ok(Json(Unregistered { success: true, message: "Worker unregistered", builds_reassigned: reassigned }))
 }
 
-/// `POST /api/workers/abandon` (worker token): `{build_id, reason}` requeues the
-/// caller's own build.
+/// Gives the caller's own build back to the queue (or fails it when no attempts are left).
+#[utoipa::path(
+    post,
+    path = "/api/workers/abandon",
+    operation_id = "abandon_build",
+    tag = "workers",
+    security(("worker_token" = [])),
+    request_body = AbandonRequest,
+    responses(
+        (status = 200, description = "Requeued, or failed for want of attempts", body = SuccessMessage),
+        (status = 400, description = "Not JSON, or no `build_id` or `reason`", body = ErrorBody),
+        (status = 401, description = "No or an unknown `X-Worker-Token`", body = ErrorBody),
+        (status = 403, description = "Not this worker's build", body = ErrorBody),
+        (status = 404, description = "No such build", body = ErrorBody),
+        (status = 409, description = "The lease was lost, or the build was cancelled or finished", body = ErrorBody),
+    )
+)]
 pub async fn abandon(
     State(state): State<BridgeState>,
     headers: HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
-) -> Result<Json<Value>, BridgeError> {
+) -> Result<Json<SuccessMessage>, BridgeError> {
     let Some(token) = header(&headers, WORKER_TOKEN) else {
         return Err(BridgeError::Unauthorized("Missing X-Worker-Token header"));
     };
     let worker = worker_by_token(&state, token).await?;
-    let body = parse_json(body)?;
+    let body = json_body(body)?;
     let (Some(build), Some(reason)) =
         (body.get("build_id").and_then(Value::as_str), body.get("reason").and_then(Value::as_str))
     else {
@@ -332,8 +410,8 @@ pub async fn abandon(
     match lease::requeue(&state.backend, &state.config.lease, &id, RequeueIf::OwnedBy(&worker.identity.id), &reason)
         .await?
     {
-        Requeued::Queued => Ok(Json(json!({ "success": true, "message": "Build requeued successfully" }))),
-        Requeued::Failed => Ok(Json(json!({ "success": true, "message": "Build failed: no attempts left" }))),
+        Requeued::Queued => Ok(Json(SuccessMessage { success: true, message: "Build requeued successfully" })),
+        Requeued::Failed => Ok(Json(SuccessMessage { success: true, message: "Build failed: no attempts left" })),
         Requeued::Skipped => Err(BridgeError::Conflict(lease::Refusal::LeaseLost.message())),
     }
 }
@@ -345,7 +423,7 @@ async fn build_report(
     headers: &HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<(WorkerId, BuildId, Value), BridgeError> {
-    let body = parse_json(body)?;
+    let body = json_body(body)?;
     let claimed = body.get("worker_id").and_then(Value::as_str).or(header(headers, WORKER_ID));
     let worker = crate::extract::build_actor(state, headers, claimed, None).await?.worker;
     let Some(build) = body.get("build_id").and_then(Value::as_str) else {
@@ -355,66 +433,127 @@ async fn build_report(
     Ok((worker, id, body))
 }
 
-/// `POST /api/workers/heartbeat` `{build_id}`: the owner is alive.
+/// The owner of a build is alive (extends its lease).
+#[utoipa::path(
+    post,
+    path = "/api/workers/heartbeat",
+    operation_id = "worker_heartbeat",
+    tag = "workers",
+    security(("worker_token" = []), ("api_key" = [], "worker_id" = []), ("api_key" = [])),
+    request_body = BuildReport,
+    responses(
+        (status = 200, description = "Noted", body = Success),
+        (status = 400, description = "Not JSON, or no `build_id`", body = ErrorBody),
+        (status = 401, description = "Missing, unknown or expired credentials", body = ErrorBody),
+        (status = 403, description = "Wrong `X-API-Key`, or not this worker's build", body = ErrorBody),
+        (status = 404, description = "No such build", body = ErrorBody),
+        (status = 409, description = "The lease was lost, or the build was cancelled or finished", body = ErrorBody),
+    )
+)]
 pub async fn heartbeat(
     State(state): State<BridgeState>,
     headers: HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
-) -> Result<Json<Value>, BridgeError> {
+) -> Result<Json<Success>, BridgeError> {
     let (worker, id, _) = build_report(&state, &headers, body).await?;
     lease::touch(&state.backend, &state.config.lease, &id, &worker).await??;
-    Ok(Json(json!({ "success": true })))
+    Ok(Json(Success { success: true }))
 }
 
-/// `POST /api/workers/fail` `{build_id, error}`: the owner gives up.
+/// The owner of a build gives up: the build fails with `error`.
+#[utoipa::path(
+    post,
+    path = "/api/workers/fail",
+    operation_id = "worker_fail",
+    tag = "workers",
+    security(("worker_token" = []), ("api_key" = [], "worker_id" = []), ("api_key" = [])),
+    request_body = BuildReport,
+    responses(
+        (status = 200, description = "Failed", body = SuccessMessage),
+        (status = 400, description = "Not JSON, or no `build_id`", body = ErrorBody),
+        (status = 401, description = "Missing, unknown or expired credentials", body = ErrorBody),
+        (status = 403, description = "Wrong `X-API-Key`, or not this worker's build", body = ErrorBody),
+        (status = 404, description = "No such build", body = ErrorBody),
+        (status = 409, description = "The lease was lost, or the build was cancelled or finished", body = ErrorBody),
+    )
+)]
 pub async fn fail(
     State(state): State<BridgeState>,
     headers: HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
-) -> Result<Json<Value>, BridgeError> {
+) -> Result<Json<SuccessMessage>, BridgeError> {
     let (worker, id, body) = build_report(&state, &headers, body).await?;
     let message = body.get("error").and_then(Value::as_str).filter(|m| !m.is_empty()).unwrap_or("Build failed");
     let message: String = message.chars().take(4000).collect();
     lease::fail(&state.backend, &id, &worker, &message).await??;
-    Ok(Json(json!({ "success": true, "message": "Build marked as failed" })))
+    Ok(Json(SuccessMessage { success: true, message: "Build marked as failed" }))
 }
 
-/// `GET /api/workers` (fleet key): every worker, most recently seen first.
-pub async fn list(State(state): State<BridgeState>, _key: AdminKey) -> Result<Json<Value>, BridgeError> {
+/// Every worker, most recently seen first (fleet key).
+#[utoipa::path(
+    get,
+    path = "/api/workers",
+    operation_id = "list_workers",
+    tag = "workers",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The workers", body = Vec<WorkerSummary>),
+        (status = 401, description = "No `X-API-Key`", body = ErrorBody),
+        (status = 403, description = "Wrong `X-API-Key`", body = ErrorBody),
+    )
+)]
+pub async fn list(State(state): State<BridgeState>, _key: AdminKey) -> Result<Json<Vec<WorkerSummary>>, BridgeError> {
     let workers = store::workers::list_workers(&state.backend.pool).await?;
     let iso = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    Ok(Json(Value::Array(
+    Ok(Json(
         workers
-            .iter()
-            .map(|w| {
-                json!({
-                    "id": w.id, "name": w.name, "status": w.status, "platforms": w.platforms,
-                    "registered_at": iso(w.registered_at), "last_seen_at": iso(w.last_seen_at),
-                    "builds_completed": w.builds_completed, "builds_failed": w.builds_failed,
-                })
+            .into_iter()
+            .map(|w| WorkerSummary {
+                registered_at: iso(w.registered_at),
+                last_seen_at: iso(w.last_seen_at),
+                id: w.id,
+                name: w.name,
+                status: w.status,
+                platforms: w.platforms,
+                builds_completed: w.builds_completed,
+                builds_failed: w.builds_failed,
             })
             .collect(),
-    )))
+    ))
 }
 
-/// `GET /api/workers/{id}/stats`: camelCase fields, uptime since registration.
+/// A worker's statistics (camelCase, as the Swift app decodes them).
+#[utoipa::path(
+    get,
+    path = "/api/workers/{id}/stats",
+    operation_id = "worker_stats",
+    tag = "workers",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "Worker id")),
+    responses(
+        (status = 200, description = "The statistics", body = WorkerStats),
+        (status = 401, description = "No `X-API-Key`", body = ErrorBody),
+        (status = 403, description = "Wrong `X-API-Key`", body = ErrorBody),
+        (status = 404, description = "No such worker", body = ErrorBody),
+    )
+)]
 pub async fn stats(
     State(state): State<BridgeState>,
     _key: AdminKey,
     Path(id): Path<String>,
-) -> Result<Json<Value>, BridgeError> {
+) -> Result<Json<WorkerStats>, BridgeError> {
     let id = WorkerId::parse(&id).map_err(|_| BridgeError::NotFound("Worker not found"))?;
     let worker =
         store::workers::get_worker(&state.backend.pool, &id).await?.ok_or(BridgeError::NotFound("Worker not found"))?;
     let uptime = (Utc::now() - worker.registered_at).num_seconds().max(0);
-    Ok(Json(json!({
-        "totalBuilds": worker.builds_completed + worker.builds_failed,
-        "successfulBuilds": worker.builds_completed,
-        "failedBuilds": worker.builds_failed,
-        "workerName": worker.name,
-        "status": worker.status,
-        "uptime": format_uptime(uptime),
-    })))
+    Ok(Json(WorkerStats {
+        total_builds: worker.builds_completed + worker.builds_failed,
+        successful_builds: worker.builds_completed,
+        failed_builds: worker.builds_failed,
+        worker_name: worker.name,
+        status: worker.status,
+        uptime: format_uptime(uptime),
+    }))
 }
 
 /// The original controller's uptime text: `Nd Nh`, `Nh Nm`, `Nm Ns` or `Ns`.

@@ -1,30 +1,31 @@
 //! Worker diagnostics (`freeagent doctor`): report, history, latest.
 
 use axum::Json;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
 use dispatcher::model::WorkerId;
 use dispatcher::store::{self, diagnostics::NewReport, diagnostics::Report};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::ms;
-use crate::extract::AdminKey;
+use crate::extract::{AdminKey, Path, Query, json_body};
+use crate::wire::{DiagnosticHistory, DiagnosticReport, ErrorBody, ReportRequest, ReportStored};
 use crate::{ApiError, ApiState};
 
 const DEFAULT_LIMIT: i64 = 10;
 const MAX_LIMIT: i64 = 100;
 
-fn report_json(r: &Report) -> Value {
-    json!({
-        "id": r.id,
-        "worker_id": r.worker_id,
-        "status": r.status,
-        "run_at": ms(r.run_at),
-        "duration_ms": r.duration_ms,
-        "auto_fixed": r.auto_fixed,
-        "checks": r.checks,
-    })
+fn report_body(r: &Report) -> DiagnosticReport {
+    DiagnosticReport {
+        id: r.id,
+        worker_id: r.worker_id.clone(),
+        status: r.status.clone(),
+        run_at: ms(r.run_at),
+        duration_ms: r.duration_ms,
+        auto_fixed: r.auto_fixed,
+        checks: r.checks.clone(),
+    }
 }
 
 async fn known_worker(state: &ApiState, raw: &str) -> Result<WorkerId, ApiError> {
@@ -35,13 +36,28 @@ async fn known_worker(state: &ApiState, raw: &str) -> Result<WorkerId, ApiError>
     }
 }
 
-/// `POST /api/diagnostics/report`.
+/// Stores a worker's diagnostics report (`FreeAgent doctor`).
+#[utoipa::path(
+    post,
+    path = "/api/diagnostics/report",
+    operation_id = "report_diagnostics",
+    tag = "diagnostics",
+    security(("api_key" = [])),
+    request_body = ReportRequest,
+    responses(
+        (status = 200, description = "Stored", body = ReportStored),
+        (status = 400, description = "Not JSON, or a field is missing or invalid", body = ErrorBody),
+        (status = 401, description = "No `X-API-Key`", body = ErrorBody),
+        (status = 403, description = "Wrong `X-API-Key`", body = ErrorBody),
+        (status = 404, description = "No such worker", body = ErrorBody),
+    )
+)]
 pub async fn report(
     State(state): State<ApiState>,
     _key: AdminKey,
     body: Result<Json<Value>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Json(body) = body?;
+) -> Result<Json<ReportStored>, ApiError> {
+    let body = json_body(body)?;
     let (Some(worker_id), Some(status), Some(duration), Some(checks)) =
         (body.get("worker_id"), body.get("status"), body.get("duration_ms"), body.get("checks"))
     else {
@@ -64,7 +80,7 @@ pub async fn report(
         &NewReport { worker_id: &worker, status, duration_ms: duration_ms.round() as i64, auto_fixed, checks },
     )
     .await?;
-    Ok(Json(json!({ "id": id, "status": "stored" })))
+    Ok(Json(ReportStored { id, status: "stored" }))
 }
 
 /// Query of the history route.
@@ -73,13 +89,31 @@ pub struct HistoryQuery {
     limit: Option<String>,
 }
 
-/// `GET /api/diagnostics/{worker_id}[?limit=N]`: newest first.
+/// A worker's diagnostics reports, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/diagnostics/{worker_id}",
+    operation_id = "diagnostics_history",
+    tag = "diagnostics",
+    security(("api_key" = [])),
+    params(
+        ("worker_id" = String, Path, description = "Worker id"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "At most this many reports (default 10)"),
+    ),
+    responses(
+        (status = 200, description = "The reports", body = DiagnosticHistory),
+        (status = 400, description = "`limit` is not an integer from 1 to 100", body = ErrorBody),
+        (status = 401, description = "No `X-API-Key`", body = ErrorBody),
+        (status = 403, description = "Wrong `X-API-Key`", body = ErrorBody),
+        (status = 404, description = "No such worker", body = ErrorBody),
+    )
+)]
 pub async fn history(
     State(state): State<ApiState>,
     _key: AdminKey,
     Path(worker_id): Path<String>,
     Query(query): Query<HistoryQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DiagnosticHistory>, ApiError> {
     let limit = match query.limit.as_deref() {
         None => DEFAULT_LIMIT,
         Some(raw) => match raw.parse::<i64>() {
@@ -89,22 +123,33 @@ pub async fn history(
     };
     let worker = known_worker(&state, &worker_id).await?;
     let reports = store::diagnostics::list(&state.backend.pool, &worker, limit).await?;
-    Ok(Json(json!({
-        "worker_id": worker,
-        "reports": reports.iter().map(report_json).collect::<Vec<_>>(),
-    })))
+    Ok(Json(DiagnosticHistory { worker_id: worker, reports: reports.iter().map(report_body).collect() }))
 }
 
-/// `GET /api/diagnostics/{worker_id}/latest`.
+/// A worker's latest diagnostics report.
+#[utoipa::path(
+    get,
+    path = "/api/diagnostics/{worker_id}/latest",
+    operation_id = "diagnostics_latest",
+    tag = "diagnostics",
+    security(("api_key" = [])),
+    params(("worker_id" = String, Path, description = "Worker id")),
+    responses(
+        (status = 200, description = "The report", body = DiagnosticReport),
+        (status = 401, description = "No `X-API-Key`", body = ErrorBody),
+        (status = 403, description = "Wrong `X-API-Key`", body = ErrorBody),
+        (status = 404, description = "No such worker, or no report yet", body = ErrorBody),
+    )
+)]
 pub async fn latest(
     State(state): State<ApiState>,
     _key: AdminKey,
     Path(worker_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DiagnosticReport>, ApiError> {
     let worker = known_worker(&state, &worker_id).await?;
     let reports = store::diagnostics::list(&state.backend.pool, &worker, 1).await?;
     match reports.first() {
-        Some(r) => Ok(Json(report_json(r))),
+        Some(r) => Ok(Json(report_body(r))),
         None => Err(ApiError::NotFound("No diagnostic reports found")),
     }
 }

@@ -17,7 +17,20 @@ use crate::{ApiError, ApiState};
 #[derive(Clone, Default)]
 pub struct StatsCache(Arc<Mutex<Option<(Instant, NetworkStats)>>>);
 
-/// The seven statistics.
+/// The landing page's seven numbers.
+///
+/// Real numbers only, cached briefly per replica; CORS reflects the caller's
+/// origin. No credentials.
+#[utoipa::path(
+    get,
+    path = "/api/stats",
+    operation_id = "network_stats",
+    tag = "stats",
+    security(()),
+    responses(
+        (status = 200, description = "The statistics", body = NetworkStats),
+    )
+)]
 pub async fn network_stats(State(state): State<ApiState>) -> Result<Json<NetworkStats>, ApiError> {
     let mut cached = state.stats_cache.0.lock().await;
     if let Some((at, stats)) = *cached
@@ -30,7 +43,21 @@ pub async fn network_stats(State(state): State<ApiState>) -> Result<Json<Network
     Ok(Json(stats))
 }
 
-/// Preflight requests are answered by the CORS layer; this is only their route.
+/// CORS preflight of the statistics.
+///
+/// Answered by the CORS layer (it reflects `Origin` and the requested headers);
+/// this is only the route it needs.
+#[utoipa::path(
+    options,
+    path = "/api/stats",
+    operation_id = "network_stats_preflight",
+    tag = "stats",
+    security(()),
+    responses(
+        (status = 204, description = "Preflight accepted"),
+        (status = 200, description = "Preflight accepted (the CORS layer's own answer)"),
+    )
+)]
 pub async fn preflight() -> axum::http::StatusCode {
     axum::http::StatusCode::NO_CONTENT
 }

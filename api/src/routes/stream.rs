@@ -10,7 +10,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use dispatcher::events::cloud_event;
@@ -21,7 +21,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::extract::BuildAccess;
+use crate::extract::{BuildAccess, Query};
+use crate::wire::{ErrorBody, EventStreamBody, LogEntry};
 use crate::{ApiError, ApiState};
 
 /// Rows sent per database read.
@@ -54,7 +55,29 @@ fn into_sse(rx: mpsc::Receiver<Event>) -> EventStream {
     Sse::new(stream.boxed()).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
 }
 
-/// `GET /api/builds/{id}/events`: CloudEvents of the build (`id` = event id).
+/// The build's CloudEvents as Server-Sent Events, history first, then live.
+///
+/// Each event's `id` is the CloudEvent id; reconnect with `Last-Event-ID` (or
+/// `?last_event_id=`) to resume without gaps or repeats.
+#[utoipa::path(
+    get,
+    path = "/api/builds/{id}/events",
+    operation_id = "build_events_stream",
+    tag = "streams",
+    security(("api_key" = []), ("build_token" = [])),
+    params(
+        ("id" = String, Path, description = "Build id"),
+        ("last_event_id" = Option<String>, Query, format = Uuid, description = "Resume after this event"),
+        ("Last-Event-ID" = Option<String>, Header, format = Uuid, description = "Resume after this event (wins over the query)"),
+    ),
+    responses(
+        (status = 200, description = "The stream; it ends with an `end` event once the build is terminal", body = inline(EventStreamBody), content_type = "text/event-stream"),
+        (status = 400, description = "The cursor is not one of this stream", body = ErrorBody),
+        (status = 401, description = "Neither `X-API-Key` nor `X-Build-Token`", body = ErrorBody),
+        (status = 403, description = "Wrong key or token", body = ErrorBody),
+        (status = 404, description = "No such build", body = ErrorBody),
+    )
+)]
 pub async fn events(
     State(state): State<ApiState>,
     access: BuildAccess,
@@ -78,7 +101,29 @@ pub async fn events(
     Ok(into_sse(rx))
 }
 
-/// `GET /api/builds/{id}/logs/stream`: log lines (`id` = line number in the log).
+/// The build's log as Server-Sent Events (`log` events), history first, then live.
+///
+/// Each event's `id` is the line's number in the log; reconnect with
+/// `Last-Event-ID` (or `?last_event_id=`) to resume.
+#[utoipa::path(
+    get,
+    path = "/api/builds/{id}/logs/stream",
+    operation_id = "build_logs_stream",
+    tag = "streams",
+    security(("api_key" = []), ("build_token" = [])),
+    params(
+        ("id" = String, Path, description = "Build id"),
+        ("last_event_id" = Option<i64>, Query, description = "Resume after this line"),
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this line (wins over the query)"),
+    ),
+    responses(
+        (status = 200, description = "The stream; it ends with an `end` event once the build is terminal", body = inline(EventStreamBody), content_type = "text/event-stream"),
+        (status = 400, description = "The cursor is not one of this stream", body = ErrorBody),
+        (status = 401, description = "Neither `X-API-Key` nor `X-Build-Token`", body = ErrorBody),
+        (status = 403, description = "Wrong key or token", body = ErrorBody),
+        (status = 404, description = "No such build", body = ErrorBody),
+    )
+)]
 pub async fn logs(
     State(state): State<ApiState>,
     access: BuildAccess,
@@ -162,8 +207,13 @@ async fn send_events(state: &ApiState, id: &BuildId, cursor: &mut i64, tx: &mpsc
 async fn send_logs(state: &ApiState, id: &BuildId, cursor: &mut i64, tx: &mpsc::Sender<Event>) -> Result<usize, ()> {
     let rows = store::logs::list_after(&state.backend.pool, id, *cursor, PAGE).await.map_err(|_| ())?;
     for line in &rows {
-        let body = json!({ "timestamp": line.ts.timestamp_millis(), "level": line.level, "message": line.message });
-        let sse = Event::default().id(line.id.to_string()).event("log").data(body.to_string());
+        let body = LogEntry {
+            timestamp: line.ts.timestamp_millis(),
+            level: line.level.clone(),
+            message: line.message.clone(),
+        };
+        let body = serde_json::to_string(&body).map_err(|_| ())?;
+        let sse = Event::default().id(line.id.to_string()).event("log").data(body);
         tx.send(sse).await.map_err(|_| ())?;
         *cursor = line.id;
     }

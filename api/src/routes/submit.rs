@@ -13,13 +13,13 @@ use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
 use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use dispatcher::blobs::{BlobKey, Blobs, WriteError};
-use dispatcher::model::{BuildId, Platform};
+use dispatcher::model::{BuildId, Platform, WireStatus};
 use dispatcher::ops::{self, NewSubmission};
-use serde_json::{Value, json};
 
 use super::ms;
 use crate::config::MIB;
 use crate::extract::AdminKey;
+use crate::wire::{ErrorBody, SubmitForm, Submitted};
 use crate::{ApiError, ApiState};
 
 /// Room for the multipart framing and small fields around the files.
@@ -79,13 +79,32 @@ struct Form {
     platform: Option<String>,
 }
 
-/// The submit handler.
+/// Submits a build: a zipped project, its platform and optional certificates.
+///
+/// Files stream into the object store; a file past its limit is refused with 413
+/// at once and nothing is kept. Checks run in the original controller's order:
+/// multipart, source, platform.
+#[utoipa::path(
+    post,
+    path = "/api/builds/submit",
+    operation_id = "submit_build",
+    tag = "builds",
+    security(("api_key" = [])),
+    request_body(content = inline(SubmitForm), content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "Accepted and queued", body = Submitted),
+        (status = 400, description = "Not multipart, malformed, no `source`, or no valid `platform`", body = ErrorBody),
+        (status = 401, description = "No `X-API-Key`", body = ErrorBody),
+        (status = 403, description = "Wrong `X-API-Key`", body = ErrorBody),
+        (status = 413, description = "A file or the request passed its limit", body = ErrorBody),
+    )
+)]
 pub async fn submit(
     State(state): State<ApiState>,
     _key: AdminKey,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Submitted>, ApiError> {
     let mut multipart = multipart.map_err(|_| ApiError::BadRequest("Content must be multipart/form-data".into()))?;
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -124,12 +143,13 @@ pub async fn submit(
     };
     stored.keep = true;
     tracing::info!(build.id = %accepted.id, %platform, source_bytes, published = accepted.published, "build submitted");
-    Ok(Json(json!({
-        "id": accepted.id,
-        "status": "pending",
-        "submitted_at": ms(accepted.submitted_at),
-        "access_token": accepted.token,
-    })))
+    Ok(Json(Submitted {
+        id: accepted.id,
+        status: WireStatus::Pending,
+        submitted_at: ms(accepted.submitted_at),
+        access_token: accepted.token,
+        original_build_id: None,
+    }))
 }
 
 async fn receive(

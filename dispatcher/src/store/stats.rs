@@ -6,7 +6,7 @@ use sqlx::PgExecutor;
 use super::StoreError;
 
 /// The seven numbers the landing page shows. Field names are the wire names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkStats {
     /// Workers idle or building that were seen in the last two minutes.

@@ -127,6 +127,11 @@ pub async fn enable(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, StoreErro
     Ok(done.rows_affected() == 1)
 }
 
+/// Whether a webhook exists.
+pub async fn exists(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM webhooks WHERE id = $1)").bind(id).fetch_one(db).await?)
+}
+
 /// Creates a delivery of `event` for every enabled endpoint whose patterns match
 /// `type_name` (for example `build.completed`).
 pub async fn fan_out(db: impl PgExecutor<'_>, event: Uuid, type_name: &str) -> Result<u64, StoreError> {

@@ -1,4 +1,4 @@
-use freeagent_tests::spawn_app;
+use freeagent_tests::{spawn_app, spawn_app_with};
 use reqwest::Method;
 
 #[tokio::test]
@@ -41,5 +41,40 @@ async fn worker_stats_need_the_key_and_a_known_worker() {
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["error"], message);
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_absurdly_long_poll_wait_is_capped_instead_of_crashing_the_request() {
+    let app = spawn_app_with(|s| s.bridge.max_poll_wait_secs = 1).await;
+    let worker = app.register_worker("Mac", &["ios"]).await;
+    for wait in ["99999999999999999999999", "1e300"] {
+        let started = std::time::Instant::now();
+        let response = worker.request(Method::GET, &format!("/api/workers/poll?wait={wait}")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "wait={wait}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(body["job"].is_null());
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "the server's cap applies");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_build_heartbeat_whose_body_is_not_json_still_counts() {
+    let app = spawn_app().await;
+    let worker = app.register_worker("Mac", &["ios"]).await;
+    let (build, _) = app.submit_ok(b"PK source").await;
+    let job = worker.poll(5.0).await.expect("the build is handed out");
+    assert_eq!(job["id"], build.as_str());
+    let response = worker
+        .request(Method::POST, &format!("/api/builds/{build}/heartbeat?worker_id={}", worker.id))
+        .header("Content-Type", "application/json")
+        .body("{\"progress\":")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
     app.stop().await;
 }
