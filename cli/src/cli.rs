@@ -74,7 +74,7 @@ pub struct ServeArgs {
     /// Fleet API key (`X-API-Key`), at least 16 characters of A-Z a-z 0-9 _ -.
     /// When unset, a key is generated on first start and kept in the data directory.
     /// Every replica of a fleet must share the same key.
-    #[arg(long, env = "CONTROLLER_API_KEY", hide_env_values = true)]
+    #[arg(long, env = "CONTROLLER_API_KEY", hide_env_values = true, allow_hyphen_values = true)]
     pub api_key: Option<String>,
 
     /// How long the events stream keeps events, in seconds (default 7 days).
@@ -177,5 +177,36 @@ impl ServeArgs {
             Command::Serve(args) => *args,
             _ => unreachable!("parsed a serve command"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::{Cli, Command};
+
+    /// Generated keys are base64url and one in 64 starts with `-`.
+    #[test]
+    fn a_key_that_starts_with_a_hyphen_is_a_value_not_a_flag() {
+        let key = "-vAbCdEfGhIjKlMnOpQrStUv";
+        let serve = Cli::try_parse_from(["freeagent", "serve", "--api-key", key]).expect("serve parses");
+        assert!(matches!(serve.command, Command::Serve(args) if args.api_key.as_deref() == Some(key)));
+        let worker = Cli::try_parse_from([
+            "freeagent",
+            "worker",
+            "--api-key",
+            key,
+            "--url",
+            "http://x",
+            "--build-command",
+            "true",
+            "--artifact",
+            "*.apk",
+        ])
+        .expect("worker parses");
+        assert!(matches!(worker.command, Command::Worker(args) if args.api_key.as_deref() == Some(key)));
+        Cli::try_parse_from(["freeagent", "submit", "--api-key", key, "./project"]).expect("submit parses");
+        Cli::try_parse_from(["freeagent", "status", "--api-key", key, "some-build"]).expect("status parses");
     }
 }

@@ -19,7 +19,8 @@ pub struct ClientArgs {
     #[arg(long)]
     pub url: Option<String>,
     /// API key (else EXPO_CONTROLLER_API_KEY, CONTROLLER_API_KEY, the config file, ./data/api-key).
-    #[arg(long, hide_env_values = true)]
+    /// Generated keys may start with `-`, so a value that looks like a flag is taken as the key.
+    #[arg(long, hide_env_values = true, allow_hyphen_values = true)]
     pub api_key: Option<String>,
     /// Print JSON for scripts instead of text for people.
     #[arg(long)]

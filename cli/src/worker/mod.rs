@@ -32,7 +32,8 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub url: Option<String>,
     /// Fleet API key, used to register (else EXPO_CONTROLLER_API_KEY, CONTROLLER_API_KEY, ./data/api-key).
-    #[arg(long, hide_env_values = true)]
+    /// Generated keys may start with `-`, so a value that looks like a flag is taken as the key.
+    #[arg(long, hide_env_values = true, allow_hyphen_values = true)]
     pub api_key: Option<String>,
     /// Name shown to operators.
     #[arg(long, env = "FREEAGENT_WORKER_NAME", default_value = "linux-worker")]
