@@ -81,3 +81,35 @@ async fn the_deliveries_of_a_deleted_webhook_are_not_found() {
     assert_eq!(response.json::<serde_json::Value>().await.unwrap()["error"], "Webhook not found");
     app.stop().await;
 }
+
+/// Postgres prints a JSONB number in full (`-1.7976931348623157e308` comes back as
+/// 310 digits); reading it must give the same number, not "number out of range".
+#[tokio::test]
+async fn extreme_numbers_in_stored_json_read_back_unchanged() {
+    let app = spawn_app().await;
+    let extremes = serde_json::json!([f64::MAX, f64::MIN, f64::MIN_POSITIVE, 5e-324, -9007199254740992.0]);
+    let response = app
+        .admin(Method::POST, "/api/workers/register")
+        .json(&serde_json::json!({ "name": "Mac", "capabilities": { "platforms": ["ios"], "extremes": extremes } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let (id, token) = (body["id"].as_str().unwrap().to_owned(), body["access_token"].as_str().unwrap().to_owned());
+    let poll =
+        app.client.get(format!("{}/api/workers/poll", app.url)).header("X-Worker-Token", &token).send().await.unwrap();
+    assert_eq!(poll.status(), 200, "the worker row reads back");
+
+    let report = serde_json::json!({
+        "worker_id": id, "status": "healthy", "duration_ms": 1,
+        "checks": [{ "name": "disk", "status": "pass", "message": "", "duration_ms": 1, "auto_fixed": false, "details": extremes }],
+    });
+    let response = app.admin(Method::POST, "/api/diagnostics/report").json(&report).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let history = app.admin(Method::GET, &format!("/api/diagnostics/{id}")).send().await.unwrap();
+    assert_eq!(history.status(), 200);
+    let history: serde_json::Value = history.json().await.unwrap();
+    assert_eq!(history["reports"][0]["checks"][0]["details"], extremes);
+    app.stop().await;
+}
