@@ -90,9 +90,12 @@ trap cleanup EXIT
 echo "==> controller on 127.0.0.1:$port (database $database, namespace $namespace)"
 # Webhook deliveries are switched off: generated webhook URLs must never be called.
 # Long polls are capped at one second so that generated ?wait= values stay cheap.
+# The failed-authentication limit is off: generated requests fail authentication
+# by design, and 429s from one address would otherwise answer most of the run.
 DATABASE_URL="$pg/$database" NATS_URL="$nats" FREEAGENT_NAMESPACE="$namespace" \
   FREEAGENT_DATA_DIR="$data_dir" HOST=127.0.0.1 PORT="$port" CONTROLLER_API_KEY="$key" \
-  FREEAGENT_WEBHOOK_INTERVAL_MS=86400000 FREEAGENT_MAX_POLL_WAIT_SECS=1 RUST_LOG=warn \
+  FREEAGENT_WEBHOOK_INTERVAL_MS=86400000 FREEAGENT_MAX_POLL_WAIT_SECS=1 FREEAGENT_AUTH_FAILURES_PER_MINUTE=0 \
+  RUST_LOG=warn \
   "$bin" serve >"$data_dir/controller.log" 2>&1 &
 server=$!
 for _ in $(seq 1 150); do

@@ -76,8 +76,8 @@ pub async fn submit(shared: Shared, indices: Vec<usize>, depth: usize, seed: u64
                         break;
                     }
                 }
-                Ok(r) if r.status().is_server_error() => shared.ledger.server_error(),
-                _ => {}
+                Ok(r) => shared.ledger.refused(r.status()),
+                Err(_) => {}
             }
             tokio::time::sleep(Duration::from_millis(rng.random_range(20..200))).await;
         }
@@ -131,9 +131,7 @@ pub async fn work(shared: Shared, slot: Arc<Slot>, name: String, keep_id: bool, 
                 None
             }
             Ok(r) => {
-                if r.status().is_server_error() {
-                    shared.ledger.server_error();
-                }
+                shared.ledger.refused(r.status());
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 None
             }
@@ -167,8 +165,8 @@ async fn register(shared: &Shared, http: &reqwest::Client, rng: &mut StdRng, nam
         }
         let url = format!("{}/api/workers/register", shared.pick(rng));
         if let Ok(r) = http.post(url).header("X-API-Key", &shared.api_key).json(&body).send().await {
-            if r.status().is_server_error() {
-                shared.ledger.server_error();
+            if !r.status().is_success() {
+                shared.ledger.refused(r.status());
             }
             if r.status().is_success()
                 && let Ok(answer) = r.json::<Value>().await
@@ -206,8 +204,9 @@ async fn on_build(
                 shared.ledger.accepted(build, &worker.id, sent);
                 return Answer::Accepted(r);
             }
-            Ok(r) if r.status().is_server_error() => shared.ledger.server_error(),
-            Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => {}
+            Ok(r) if r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS => {
+                shared.ledger.refused(r.status());
+            }
             Ok(_) => return Answer::Lost,
             Err(_) => {}
         }

@@ -39,6 +39,7 @@ struct Inner {
     builds: HashMap<String, BuildSeen>,
     finished: usize,
     server_errors: u64,
+    rate_limited: u64,
 }
 
 impl Ledger {
@@ -78,9 +79,16 @@ impl Ledger {
         self.with(|i| i.builds.entry(id.to_owned()).or_default().downloads.push(sha));
     }
 
-    /// A 5xx answer seen by a client (expected while a dependency is down).
-    pub fn server_error(&self) {
-        self.with(|i| i.server_errors += 1);
+    /// A refusal seen by a client: 5xx (expected while a dependency is down) and
+    /// 429 (the failed-authentication limit) are counted.
+    pub fn refused(&self, status: reqwest::StatusCode) {
+        self.with(|i| {
+            if status.is_server_error() {
+                i.server_errors += 1;
+            } else if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                i.rate_limited += 1;
+            }
+        });
     }
 
     /// Accepted submissions so far.
@@ -96,6 +104,11 @@ impl Ledger {
     /// 5xx answers seen so far.
     pub fn server_errors(&self) -> u64 {
         self.with(|i| i.server_errors)
+    }
+
+    /// 429 answers seen so far.
+    pub fn rate_limited(&self) -> u64 {
+        self.with(|i| i.rate_limited)
     }
 
     /// The accepted submissions (id → source SHA-256).

@@ -346,10 +346,11 @@ async fn exercise(
         faults.unexpected_exits
     );
     println!(
-        "took {:.1} s (faults for {:.1} s); clients saw {} server errors while dependencies were down",
+        "took {:.1} s (faults for {:.1} s); clients saw {} server errors while dependencies were down, {} rate-limited answers",
         elapsed.as_secs_f64(),
         fault_phase.as_secs_f64(),
-        shared.ledger.server_errors()
+        shared.ledger.server_errors(),
+        shared.ledger.rate_limited()
     );
     let verdict = verdict::check(&shared, &pool, args.builds).await?;
     verdict.print();
