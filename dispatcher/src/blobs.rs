@@ -309,6 +309,13 @@ impl Blobs {
                 tracing::warn!(blob = %path, "unexpected object in certs/ left as it is");
                 continue;
             };
+            // Every start looks at every bundle: read the magic only, not the bundle.
+            match self.store.get_range(&key.path(), 0..4).await {
+                Ok(prefix) if StreamOpener::is_sealed_stream(&prefix) => continue,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                // In clear, or shorter than the magic (the whole read below decides).
+                _ => {}
+            }
             let Some(mut reader) = self.read_stored(&key).await? else {
                 continue;
             };
