@@ -198,13 +198,14 @@ impl Controller {
 }
 
 /// Splits `postgres://…/db?x` into (`postgres://…`, `db`).
-fn url_parts(url: &str) -> anyhow::Result<(String, String)> {
+pub(crate) fn url_parts(url: &str) -> anyhow::Result<(String, String)> {
     let without_query = url.split('?').next().unwrap_or(url);
     let (base, db) = without_query.rsplit_once('/').context("DATABASE_URL has no database name")?;
     Ok((base.to_owned(), db.to_owned()))
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A free loopback port (bound, then released).
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use sqlx::Connection as _;
 
+use crate::bench::{free_port, url_parts};
+
 /// Where a run keeps its files: the NATS store, the shared data directory and logs.
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -248,8 +250,7 @@ pub struct Database {
 impl Database {
     /// Names a fresh database beside the one `database_url` points at.
     pub fn new(database_url: &str, suffix: &str) -> anyhow::Result<Self> {
-        let without_query = database_url.split('?').next().unwrap_or(database_url);
-        let (base, _) = without_query.rsplit_once('/').context("DATABASE_URL has no database name")?;
+        let (base, _) = url_parts(database_url)?;
         let name = format!("freeagent_chaos_{suffix}");
         Ok(Self { admin_url: format!("{base}/postgres"), url: format!("{base}/{name}"), name })
     }
@@ -304,9 +305,4 @@ fn append(path: &Path) -> anyhow::Result<std::fs::File> {
         .append(true)
         .open(path)
         .with_context(|| format!("cannot open {}", path.display()))
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
 }
