@@ -38,7 +38,8 @@ impl Shared {
     }
 }
 
-fn client() -> reqwest::Client {
+/// A client with the timeouts of a worker behind a load balancer.
+pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .connect_timeout(Duration::from_secs(2))
@@ -266,8 +267,7 @@ async fn build(shared: &Shared, slot: &Slot, http: &reqwest::Client, rng: &mut S
 
 /// Asks the controller (any replica) for a request with the API key, retrying
 /// across replicas; used by the final checks.
-pub async fn admin_get(shared: &Shared, path: &str) -> anyhow::Result<reqwest::Response> {
-    let http = client();
+pub async fn admin_get(shared: &Shared, http: &reqwest::Client, path: &str) -> anyhow::Result<reqwest::Response> {
     let mut rng = StdRng::seed_from_u64(path.len() as u64);
     let mut last = None;
     for _ in 0..20 {

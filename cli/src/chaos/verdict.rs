@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use futures::StreamExt as _;
 use sqlx::PgPool;
 
-use super::fleet::{Shared, admin_get};
+use super::fleet::{Shared, admin_get, client};
 use super::ledger::artifact;
 
 /// What the checks found.
@@ -143,9 +143,10 @@ pub async fn check(shared: &Shared, pool: &PgPool, wanted: usize) -> anyhow::Res
         .filter(|r| r.status == "completed")
         .map(|r| (r.id.clone(), r.worker_id.clone().unwrap_or_default()))
         .collect();
+    let http = &client();
     let wrong: Vec<Option<String>> = futures::stream::iter(completed)
         .map(|(id, worker)| async move {
-            let matches = match admin_get(shared, &format!("/api/builds/{id}/download")).await {
+            let matches = match admin_get(shared, http, &format!("/api/builds/{id}/download")).await {
                 Ok(r) if r.status().is_success() => r.bytes().await.is_ok_and(|b| b.as_ref() == artifact(&id, &worker)),
                 _ => false,
             };
